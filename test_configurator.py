@@ -1,0 +1,241 @@
+"""Tests for configurator.py (in-process, fast) and for how train.py reports config mistakes
+(subprocess: message on stderr and exit status 2, before any file is written)."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from configurator import ConfigError, configure, format_help
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+DEFAULTS = dict(
+    out_dir='out', max_iters=100, learning_rate=3e-4, compile=False, dataset='pydocs',
+    gradient_accumulation_steps=1, n_layer=None, attn=None, gamma_L=None, peak_flops=None,
+    betas=(0.9, 0.95),
+)
+TYPES = dict(n_layer=int, attn=str, gamma_L=float)
+
+
+def cfg(*argv, **kw):
+    return configure(DEFAULTS, list(argv), types=TYPES, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# what works
+
+def test_defaults_untouched():
+    assert cfg() == DEFAULTS
+
+
+def test_int_where_float_expected():
+    # nanoGPT rejects --learning_rate=1 because type(1) != type(3e-4)
+    c = cfg('--learning_rate=1')
+    assert c['learning_rate'] == 1.0 and isinstance(c['learning_rate'], float)
+
+
+def test_integral_float_for_int_and_inf_for_float():
+    c = cfg('--max_iters=1e4', '--learning_rate=inf')
+    assert c['max_iters'] == 10000 and isinstance(c['max_iters'], int)
+    assert c['learning_rate'] == float('inf')
+
+
+def test_strings_need_no_quotes_and_numbers_stay_text():
+    c = cfg('--dataset=wikitext103', "--out_dir='runs/a'", '--attn=spa')
+    assert (c['dataset'], c['out_dir'], c['attn']) == ('wikitext103', 'runs/a', 'spa')
+    assert cfg('--out_dir=1e3')['out_dir'] == '1e3'      # a folder name, not 1000.0
+    assert cfg('--out_dir=out=2')['out_dir'] == 'out=2'  # only the first '=' splits
+
+
+def test_none_default_typed_and_free():
+    c = cfg('--n_layer=24', '--gamma_L=1', '--peak_flops=1e12')
+    assert c['n_layer'] == 24 and c['gamma_L'] == 1.0 and c['peak_flops'] == 1e12
+    assert cfg('--n_layer=None')['n_layer'] is None  # back to 'the preset decides'
+    assert cfg('--peak_flops=hello')['peak_flops'] == 'hello'  # untyped: any literal or text
+
+
+def test_bool_strict():
+    assert cfg('--compile=True')['compile'] is True
+    for bad in ('1', 'true', 'yes', '0'):
+        with pytest.raises(ConfigError, match="expects a bool.*True or False"):
+            cfg(f'--compile={bad}')
+
+
+def test_dashes_in_key_and_later_wins():
+    c = cfg('--max-iters=5', '--max_iters=7')
+    assert c['max_iters'] == 7
+
+
+def test_tuple_literal():
+    assert cfg('--betas=(0.9, 0.99)')['betas'] == (0.9, 0.99)
+    with pytest.raises(ConfigError, match="expects a tuple"):
+        cfg('--betas=0.9')
+
+
+def test_config_file(tmp_path):
+    f = tmp_path / 'c.py'
+    f.write_text("import math\n# a comment\nmax_iters = 2000\nlearning_rate = 1\n"
+                 "_private = 3\nn_layer = 2 * 12\nout_dir = 'out-' + str(n_layer)\n"
+                 "def helper():\n    return 1\n")
+    given = set()
+    c = cfg(str(f), '--max_iters=10', given=given)
+    assert c['max_iters'] == 10 and c['learning_rate'] == 1.0 and c['n_layer'] == 24
+    assert c['out_dir'] == 'out-24'
+    assert given == {'max_iters', 'learning_rate', 'n_layer', 'out_dir'}
+
+
+def test_config_file_reads_current_values(tmp_path):
+    f = tmp_path / 'c.py'
+    f.write_text("max_iters = max_iters * 2\n")
+    assert cfg('--max_iters=21', str(f))['max_iters'] == 42
+
+
+def test_help_lists_every_key():
+    text = format_help(DEFAULTS, {'max_iters': 'how long'})
+    for k in DEFAULTS:
+        assert f'--{k}' in text
+    assert 'how long' in text
+
+
+# --------------------------------------------------------------------------------------------
+# what fails, and how it says so
+
+@pytest.mark.parametrize('argv, pattern', [
+    (['--max_iter=5'], r"unknown config key 'max_iter'.*did you mean 'max_iters'"),
+    (['--lr=1e-3'], r"unknown config key 'lr'.*did you mean 'learning_rate'"),
+    (['--max_iters=1.5'], r"'max_iters'.*expects an int, got 1.5.*--max_iters=100"),
+    (['--learning_rate=fast'], r"'learning_rate'.*expects a float, got 'fast'"),
+    (['--n_layer=deep'], r"'n_layer'.*expects an int"),
+    (['--max_iters'], r"'--max_iters' has no value; write it as --max_iters=VALUE"),
+    (['-max_iters=3'], r"two dashes"),
+    (['--=3'], r"unknown config key ''"),
+    (['nope.py'], r"config file 'nope.py' does not exist"),
+])
+def test_errors(argv, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        cfg(*argv)
+
+
+def test_config_file_errors_name_file_and_line(tmp_path):
+    f = tmp_path / 'bad.py'
+    f.write_text("max_iters = 10\nlearning_rate = (\n")
+    with pytest.raises(ConfigError, match=r"bad.py', line 2: syntax error"):
+        cfg(str(f))
+    f.write_text("max_iters = 10\n\nmax_iter = 5\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'max_iter' \(.*bad.py, line 3\).*'max_iters'"):
+        cfg(str(f))
+    f.write_text("max_iters = 10\ncompile = 1\n")
+    with pytest.raises(ConfigError, match=r"'compile' \(.*bad.py, line 2\) expects a bool"):
+        cfg(str(f))
+    f.write_text("x = 1\n")  # unknown even though harmless: a typo must not pass silently
+    with pytest.raises(ConfigError, match=r"unknown config key 'x'"):
+        cfg(str(f))
+    f.write_text("max_iters = 10\nmax_iters = undefined_name + 1\n")
+    with pytest.raises(ConfigError, match=r"bad.py', line 2 raised NameError"):
+        cfg(str(f))
+    with pytest.raises(ConfigError, match="not a regular file"):
+        cfg(str(tmp_path))
+    f.write_bytes(b"\xff\xfe max_iters = 1\n")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        cfg(str(f))
+
+
+def test_missing_config_file_suggests_close_name(tmp_path):
+    (tmp_path / 'tiny.py').write_text("max_iters = 3\n")
+    with pytest.raises(ConfigError, match=r"Did you mean .*tiny.py"):
+        cfg(str(tmp_path / 'tiny2.py'))
+
+
+# --------------------------------------------------------------------------------------------
+# fuzz: random argv lists either work or raise ConfigError, never anything else
+
+KEYS = list(DEFAULTS) + ['max_iter', 'lr', 'x', '']
+literal = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.booleans(), st.none(),
+                    st.text(max_size=8), st.tuples(st.floats(0, 1), st.floats(0, 1)))
+value_text = st.one_of(literal.map(repr), st.text(max_size=20),
+                       st.sampled_from(['1e3', 'inf', '-inf', 'nan', '(', '[[[', '(' * 200, '1' * 400,
+                                        '{', '"', "'", '0x10', '1_000', '--', '=', 'None', 'True']))
+override = st.builds(lambda dash, k, v: f"{dash}{k}={v}", st.sampled_from(['--', '-', '---']),
+                     st.sampled_from(KEYS) | st.text(max_size=10), value_text)
+bare = st.one_of(st.text(max_size=20).filter(lambda s: not os.path.exists(s)),
+                 st.sampled_from(['--', '-', '--max_iters', '--compile', '.', '/', '--help']))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(override, bare), max_size=6))
+def test_fuzz_argv(argv):
+    try:
+        c = cfg(*argv)
+    except ConfigError as e:
+        assert str(e)
+        return
+    assert set(c) == set(DEFAULTS)
+    # every typed key keeps its type
+    for k, v in DEFAULTS.items():
+        if v is not None:
+            assert type(c[k]) is type(v), (k, c[k])
+        elif k in TYPES and c[k] is not None:
+            assert type(c[k]) is TYPES[k], (k, c[k])
+
+
+file_line = st.one_of(
+    st.builds(lambda k, v: f"{k} = {v}", st.sampled_from(KEYS[:-1]), value_text),
+    st.text(max_size=30).filter(lambda s: 'while' not in s and 'import' not in s and 'open' not in s),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(file_line, max_size=5), st.lists(override, max_size=3))
+def test_fuzz_config_file(lines, argv):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, 'fuzz.py')
+        with open(path, 'w', encoding='utf-8', errors='surrogatepass') as f:
+            f.write('\n'.join(lines))
+        try:
+            cfg(path, *argv)
+        except ConfigError as e:
+            assert str(e)
+
+
+# --------------------------------------------------------------------------------------------
+# the same mistakes through `python train.py`: message on stderr, exit status 2, nothing written
+
+def run_train(args, cwd):
+    return subprocess.run([sys.executable, os.path.join(HERE, 'train.py'), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize('args, pattern', [
+    (['--max_iter=5'], r"unknown config key 'max_iter'.*did you mean 'max_iters'"),
+    (['--lr=1e-3'], r"did you mean 'learning_rate'"),
+    (['--compile=1'], r"'compile'.*expects a bool"),
+    (['--batch_size=big'], r"'batch_size'.*expects an int"),
+    (['missing_config.py'], r"config file 'missing_config.py' does not exist"),
+    (['--learning_rate=-1'], r"learning_rate must be > 0"),
+    (['--n_embd=100', '--n_head=3'], r"n_embd.*n_head"),
+    (['--warmup_iters=50', '--max_iters=10'], r"warmup_iters.*max_iters"),
+    (['--model=espaa'], r"espa"),
+    (['--dataset=nosuchdata'], r"dataset 'nosuchdata'.*not prepared.*python data.py"),
+    (['--init_from=resume'], r"no checkpoint.*ckpt.pt"),
+    (['--init_from=continue'], r"init_from.*'scratch' or 'resume'"),
+    (['--gradient_accumulation_steps=0'], r"gradient_accumulation_steps must be >= 1"),
+    (['--device=tpu'], r"device"),
+])
+def test_train_py_config_errors(tmp_path, args, pattern):
+    out = tmp_path / 'out'
+    r = run_train([f'--out_dir={out}', f'--data_dir={tmp_path / "data"}', *args], cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert __import__('re').search(pattern, r.stderr, __import__('re').S), r.stderr
+    assert 'Traceback' not in r.stderr
+    assert not out.exists()                 # nothing written before the config is known good
+    assert not (tmp_path / 'data').exists()  # nor the default dataset prepared
+
+
+def test_train_py_help():
+    r = run_train(['--help'], cwd=HERE)
+    assert r.returncode == 0
+    assert '--learning_rate' in r.stdout and '--model' in r.stdout
