@@ -365,3 +365,17 @@ def test_sample_py_errors(trained, data_dir):
     assert r.returncode == 2 and 'temperature must be > 0' in r.stderr
     r = run([f'--out_dir={trained}', '--tmperature=1'], data_dir, 'sample.py')
     assert r.returncode == 2 and "did you mean 'temperature'" in r.stderr
+
+
+def test_eval_only_writes_nothing_and_overwrite_replaces_the_run(trained, data_dir, tmp_path):
+    out = str(tmp_path / 'out')
+    shutil.copytree(trained, out)
+    before = {n: digest(os.path.join(out, n)) for n in os.listdir(out)}
+    r = tiny_run(out, data_dir, '--init_from=resume', '--eval_only=True')
+    assert 'step 10: train loss' in r.stdout
+    assert {n: digest(os.path.join(out, n)) for n in os.listdir(out)} == before
+    # --overwrite=True: the old run goes as a whole (no stale step checkpoints or log lines)
+    tiny_run(out, data_dir, '--overwrite=True', '--model=preln', '--max_iters=3', '--eval_interval=100')
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'ckpt_best.pt', 'ckpt_step0000003.pt', 'log.jsonl']
+    assert [e['iter'] for e in read_log(out)] == [0, 3]
+    assert load(os.path.join(out, 'ckpt.pt'))['config']['model'] == 'preln'

@@ -91,6 +91,11 @@ for _k in ARCH_KEYS:
     DEFAULTS.setdefault(_k, None)
 
 
+# keys a resumed run takes from the command line even when not given (everything else: the checkpoint)
+MACHINE_KEYS = ('out_dir', 'init_from', 'resume_from', 'overwrite', 'eval_only', 'device', 'dtype', 'compile',
+                'peak_flops')
+
+
 def arch_types():
     """The type of each architecture key, from GPTConfig's defaults, so --n_layer=deep is refused."""
     types = {}
@@ -346,11 +351,10 @@ def train(argv):
         ckpt_path = cfg['resume_from'] or os.path.join(cfg['out_dir'], 'ckpt.pt')
         ckpt = load_checkpoint(ckpt_path, hint="To resume, point --out_dir (or --resume_from) at the run "
                                "you mean; to start a new run, use --init_from=scratch.")
-        saved = {k: v for k, v in ckpt['config'].items() if k in DEFAULTS}
-        changed = {k: (saved[k], cfg[k]) for k in given if k in saved and saved[k] != cfg[k]
-                   and k not in ('init_from', 'resume_from')}
+        # Where the run lives and what machine runs it always come from this command, not the checkpoint.
+        saved = {k: v for k, v in ckpt['config'].items() if k in DEFAULTS and k not in MACHINE_KEYS}
+        changed = {k: (saved[k], cfg[k]) for k in given if k in saved and saved[k] != cfg[k]}
         cfg = {**cfg, **saved, **{k: cfg[k] for k in given}}
-        cfg['init_from'] = 'resume'
     check_config(cfg, world_size)
 
     overrides = {k: cfg[k] for k in ARCH_KEYS if cfg[k] is not None}
@@ -394,21 +398,23 @@ def train(argv):
         need_prepare = True
     else:
         meta = data.load_meta(data_dir, name)
+    def check_meta(meta):
+        if ckpt is not None and ckpt.get('meta') and (ckpt['meta'].get('tokenizer'), ckpt['meta'].get(
+                'vocab_size')) != (meta['tokenizer'], meta['vocab_size']):
+            raise ConfigError(f"{ckpt_path} was trained on {ckpt['meta'].get('tokenizer')} tokens "
+                              f"(vocab {ckpt['meta'].get('vocab_size')}), but dataset '{name}' in {data_dir} "
+                              f"uses {meta['tokenizer']} tokens (vocab {meta['vocab_size']}): pick the "
+                              f"dataset the run was trained on (--dataset, --data_dir).")
+        if ckpt is None and cfg['vocab_size'] is not None and cfg['vocab_size'] < meta['vocab_size']:
+            raise ConfigError(f"vocab_size={cfg['vocab_size']} is smaller than the dataset's vocabulary "
+                              f"({meta['vocab_size']} tokens); leave it unset, or make it larger to pad.")
         for split in ('train', 'val'):
             n = meta[f'{split}_tokens']
             if n < cfg['block_size'] + 1:
                 raise ConfigError(f"the {split} split of {name} has {n} tokens, fewer than block_size+1="
                                   f"{cfg['block_size'] + 1}: use a smaller --block_size or more data.")
-    if ckpt is not None and not need_prepare:
-        if ckpt.get('meta') and (ckpt['meta'].get('tokenizer'), ckpt['meta'].get('vocab_size')) != \
-                (meta['tokenizer'], meta['vocab_size']):
-            raise ConfigError(f"{ckpt_path} was trained on {ckpt['meta'].get('tokenizer')} tokens "
-                              f"(vocab {ckpt['meta'].get('vocab_size')}), but dataset '{name}' in {data_dir} "
-                              f"uses {meta['tokenizer']} (vocab {meta['vocab_size']}): pick the dataset "
-                              f"the run was trained on.")
-    if ckpt is None and cfg['vocab_size'] is not None and not need_prepare and cfg['vocab_size'] < meta['vocab_size']:
-        raise ConfigError(f"vocab_size={cfg['vocab_size']} is smaller than the dataset's vocabulary "
-                          f"({meta['vocab_size']} tokens); leave it unset, or make it larger to pad.")
+    if not need_prepare:
+        check_meta(meta)
 
     out_dir = cfg['out_dir']
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -433,14 +439,17 @@ def train(argv):
         if ddp:
             dist.barrier()
         meta = data.load_meta(data_dir, name)
+        check_meta(meta)
     train_tokens = data.load_tokens(data_dir, name, 'train')
     val_tokens = data.load_tokens(data_dir, name, 'val')
     if ckpt is None:
         model_args['vocab_size'] = cfg['vocab_size'] or meta['vocab_size']
-    if master:
+    if master and not cfg['eval_only']:
         os.makedirs(out_dir, exist_ok=True)
-        for n in os.listdir(out_dir):  # temporary files of a save that was killed
-            if n.startswith('.tmp-') and 'ckpt' in n:
+        for n in os.listdir(out_dir):
+            old_run = cfg['init_from'] == 'scratch' and cfg['overwrite'] and (
+                n == 'log.jsonl' or n in ('ckpt.pt', 'ckpt_best.pt') or STEP_RE.match(n))
+            if (n.startswith('.tmp-') and 'ckpt' in n) or old_run:  # a killed save's leftovers, or --overwrite
                 os.remove(os.path.join(out_dir, n))
 
     torch.manual_seed(cfg['seed'])  # the same initial weights in every process
@@ -523,6 +532,15 @@ def train(argv):
             out[split] = (total[0] / total[1]).item()
         raw_model.train()
         return out
+
+    if cfg['eval_only']:  # report and leave; nothing is written
+        losses = estimate_loss()
+        if master:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+                  f"({cfg['eval_iters']} batches of {B} x {T} tokens per split)")
+        if ddp:
+            dist.destroy_process_group()
+        return 0
 
     # ---- log.jsonl: a resumed run keeps the records up to its checkpoint, a new run starts afresh ----
     log_path = os.path.join(out_dir, 'log.jsonl')
@@ -625,16 +643,13 @@ def train(argv):
             already_logged = iter_num == logged_iter  # the run we resumed logged this step already
 
             # evaluate, log and save every eval_interval steps and at the end
-            if (iter_num % cfg['eval_interval'] == 0 or iter_num >= cfg['max_iters'] or cfg['eval_only']) \
-                    and not already_logged:
+            if (iter_num % cfg['eval_interval'] == 0 or iter_num >= cfg['max_iters']) and not already_logged:
                 losses = estimate_loss()
                 elapsed = elapsed_prev + time.time() - t_start
                 record = dict(kind='eval', iter=iter_num, train_loss=losses['train'], val_loss=losses['val'],
                               lr=lr, tokens=tokens_seen, elapsed_s=round(elapsed, 3))
                 log(record)
                 say(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                if cfg['eval_only']:
-                    break
                 healthy = bad_steps == 0 and math.isfinite(losses['val'])
                 if iter_num > 0 and healthy:
                     improved = losses['val'] < best_val_loss
@@ -742,7 +757,7 @@ def train(argv):
         for s, h in old_handlers.items():
             signal.signal(s, h)
 
-    if master and exit_code == 0 and cfg['sample_tokens'] and not cfg['eval_only'] and stop['signal'] is None:
+    if master and exit_code == 0 and cfg['sample_tokens'] and stop['signal'] is None:
         encode, decode = data.encoder(meta)
         start = encode(cfg['sample_start']) or [0]
         raw_model.eval()
