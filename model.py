@@ -141,7 +141,7 @@ def _causal_block_mask(T, device):
 class Attention(nn.Module):
     impl = 'auto'  # 'auto': FlexAttention on GPU, SDPA with a float bias elsewhere; 'flex' | 'sdpa' to force
 
-    def __init__(self, config, layer):
+    def __init__(self, config, layer, rescale=None):
         super().__init__()
         self.n_head, self.variant, self.dropout = config.n_head, config.attn, config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
@@ -153,26 +153,25 @@ class Attention(nn.Module):
             self.alpha = nn.Parameter(torch.ones(config.n_head))
             self.beta = nn.Parameter(torch.zeros(config.n_head))
         if self.variant in ('espa', 'uspa'):
+            # float64 buffers derived from the config, so not saved: the U-SPA vectors cancel badly in
+            # float32. rescale is D_l, the location-dependent rescaling of the softmax output (sec. 3).
             T, L = config.block_size, config.n_layer
-            # D_l, the location-dependent rescaling of the softmax output (sec. 3). float64 buffers,
-            # derived from the config, so not saved: the U-SPA vectors cancel badly in float32.
-            D = spa.attention_rescalings(config, T)[layer - 1] if config.q_correct else None
+            if rescale is None:
+                rescale = spa.attention_rescalings(config, T)[layer - 1]
             if self.variant == 'espa':
                 gammas = spa.espa_gammas(L, config.gamma_L)
                 self.espa_consts = spa.espa_bias_constants(gammas[layer - 1], gammas[layer])
-                D = spa.espa_row_sums(gammas[layer - 1], gammas[layer], T) if D is None else D
             else:
                 rhos = spa.uspa_rhos(L, config.rho_L)
                 for name, vec in zip(('uspa_diag', 'uspa_u', 'uspa_v'), spa.uspa_factors(rhos[layer - 1], rhos[layer], T)):
                     self.register_buffer(name, torch.tensor(vec, dtype=torch.float64), persistent=False)
-                D = spa.attention_rescalings(config, T)[layer - 1] if D is None else D
-            self.register_buffer('rescale', torch.tensor(D, dtype=torch.float64), persistent=False)
+            self.register_buffer('rescale', torch.tensor(rescale, dtype=torch.float64), persistent=False)
 
     def log_bias(self, i, j):
         """log A_l(i, j) on and below the diagonal, from the same spa.py formula as the reference."""
         if self.variant == 'espa':
             return spa.espa_log_bias(i, j, self.espa_consts, torch.where)
-        return spa.uspa_log_bias(i, j, self.uspa_diag, self.uspa_u, self.uspa_v, torch.where, torch.log)
+        return spa.uspa_log_bias(i.long(), j.long(), self.uspa_diag, self.uspa_u, self.uspa_v, torch.where, torch.log)
 
     def score_mod(self, score, b, h, q_idx, kv_idx):
         return score + self.log_bias(q_idx, kv_idx).to(score.dtype)
@@ -183,7 +182,7 @@ class Attention(nn.Module):
         use_flex = self.impl == 'flex' or (self.impl == 'auto' and q.is_cuda and flex_attention is not None)
         if use_flex:
             return flex_attention(q, k, v, score_mod=self.score_mod, block_mask=_causal_block_mask(T, q.device))
-        pos = torch.arange(T, device=q.device)
+        pos = torch.arange(T, device=q.device, dtype=torch.float64)   # the bias is built in float64, then cast
         i, j = pos[:, None], pos[None, :]
         bias = torch.where(j <= i, self.log_bias(i, j), -math.inf).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -221,13 +220,13 @@ class MLP(nn.Module):
         return F.dropout(self.c_proj(h), self.dropout, self.training)
 
 class Block(nn.Module):
-    def __init__(self, config, layer):
+    def __init__(self, config, layer, rescale=None):
         super().__init__()
         self.norm = config.norm
         self.alpha, self.beta = spa.skip_weights(config)   # (0, 1): no skip
         make_norm = (lambda: nn.LayerNorm(config.n_embd, bias=config.bias)) if config.norm != 'none' else nn.Identity
         self.ln_1, self.ln_2 = make_norm(), make_norm()
-        self.attn = Attention(config, layer)
+        self.attn = Attention(config, layer, rescale)
         self.mlp = MLP(config)
 
     def sublayer(self, x, f, ln):
@@ -246,7 +245,10 @@ class GPT(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos == 'learned' else None
-        self.h = nn.ModuleList([Block(config, layer) for layer in range(1, config.n_layer + 1)])
+        # D_l for every layer at once: the q-corrected ones need one kernel propagation through the model
+        shaped = config.attn in ('espa', 'uspa')
+        rescalings = spa.attention_rescalings(config, config.block_size) if shaped else [None] * config.n_layer
+        self.h = nn.ModuleList([Block(config, l + 1, rescalings[l]) for l in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias) if config.final_norm else nn.Identity()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         with torch.no_grad():

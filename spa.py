@@ -125,7 +125,8 @@ def espa_log_bias(i, j, consts, where=np.where):
     """log A_l(i, j) for j <= i (entries above the diagonal are the causal mask's business).
     One formula for the float64 reference, the SDPA mask and the FlexAttention score_mod."""
     log_diag, log_first, log_off, gamma = consts
-    diag = where(i == 0, 0.0 * gamma, log_diag)   # A(0,0) = 1: the first token attends only to itself
+    zero = 0.0 * i   # an array of i's dtype: torch turns Python floats alone into float32
+    diag = where(i == 0, zero, zero + log_diag)   # A(0,0) = 1: the first token attends only to itself
     return where(j == i, diag, where(j == 0, log_first - gamma * (i - 1), log_off - gamma * (i - j - 1)))
 
 def espa_matrix(gamma_prev, gamma, T):
