@@ -97,17 +97,9 @@ MACHINE_KEYS = ('out_dir', 'init_from', 'resume_from', 'overwrite', 'eval_only',
 
 
 def arch_types():
-    """The type of each architecture key, from GPTConfig's defaults, so --n_layer=deep is refused."""
-    types = {}
-    for f in dataclasses.fields(GPTConfig):
-        if f.name in ARCH_KEYS:
-            t = type(f.default) if f.default is not None and f.default is not dataclasses.MISSING else None
-            if t is None and f.type in (int, float, bool, str, 'int', 'float', 'bool', 'str'):
-                t = {'int': int, 'float': float, 'bool': bool, 'str': str}.get(f.type, f.type)
-            if t is not None:
-                types[f.name] = t
-    types['lr_decay_iters'], types['min_lr'], types['peak_flops'] = int, float, float
-    return types
+    """The type of each architecture key, from GPTConfig's annotations, so --n_layer=deep is refused."""
+    types = {f.name: f.type for f in dataclasses.fields(GPTConfig) if f.type in (int, float, bool, str)}
+    return {**types, 'lr_decay_iters': int, 'min_lr': float, 'peak_flops': float}
 
 
 def help_text():
@@ -132,16 +124,15 @@ STEP_RE = re.compile(r'^ckpt_step(\d{7,})\.pt$')
 
 
 def _fsync_dir(folder):
+    """Make the renames themselves durable (not possible everywhere, e.g. Windows; then skip)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not possible everywhere (Windows); the rename is still atomic
-    try:
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(state, folder, names):
@@ -425,7 +416,7 @@ def train(argv):
                           f"over with --overwrite=True (its checkpoints get replaced as the new run "
                           f"saves), or use another --out_dir.")
 
-    # ---- from here on files may be written ----
+    # ---- from here on files may be written (the default dataset; out_dir only further down) ----
     if ddp:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -444,14 +435,6 @@ def train(argv):
     val_tokens = data.load_tokens(data_dir, name, 'val')
     if ckpt is None:
         model_args['vocab_size'] = cfg['vocab_size'] or meta['vocab_size']
-    if master and not cfg['eval_only']:
-        os.makedirs(out_dir, exist_ok=True)
-        for n in os.listdir(out_dir):
-            old_run = cfg['init_from'] == 'scratch' and cfg['overwrite'] and (
-                n == 'log.jsonl' or n in ('ckpt.pt', 'ckpt_best.pt') or STEP_RE.match(n))
-            if (n.startswith('.tmp-') and 'ckpt' in n) or old_run:  # a killed save's leftovers, or --overwrite
-                os.remove(os.path.join(out_dir, n))
-
     torch.manual_seed(cfg['seed'])  # the same initial weights in every process
     random.seed(cfg['seed'])
     np.random.seed(cfg['seed'])
@@ -492,6 +475,15 @@ def train(argv):
         ckpt = None  # free the memory: the model and optimizer hold copies
     else:
         torch.manual_seed(cfg['seed'] + rank)  # dropout differs between processes
+    # ---- only now, with the model built and the checkpoint loaded, out_dir changes ----
+    if master and not cfg['eval_only']:
+        os.makedirs(out_dir, exist_ok=True)
+        for n in os.listdir(out_dir):
+            old_run = cfg['init_from'] == 'scratch' and cfg['overwrite'] and (
+                n == 'log.jsonl' or n in ('ckpt.pt', 'ckpt_best.pt') or STEP_RE.match(n))
+            if (n.startswith('.tmp-') and 'ckpt' in n) or old_run:  # a killed save's leftovers, or --overwrite
+                os.remove(os.path.join(out_dir, n))
+
     fwd_model = torch.compile(raw_model) if cfg['compile'] else raw_model  # compile before DDP wraps it
     model = DDP(fwd_model, device_ids=[local_rank] if device_type == 'cuda' else None) if ddp else fwd_model
 
