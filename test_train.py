@@ -130,6 +130,8 @@ def test_atomic_save_failure_keeps_previous(tmp_path, monkeypatch):
 @pytest.mark.parametrize('preset', ['preln', 'espa', 'espa-skip'])
 def test_end_to_end(preset, data_dir, tmp_path):
     out = str(tmp_path / 'out')
+    if preset == 'espa':  # the default dataset is prepared on first use
+        data_dir = str(tmp_path / 'fresh_data')
     r = tiny_run(out, data_dir, f'--model={preset}', '--max_iters=30', '--eval_interval=10', '--diag_interval=15',
                  '--keep_last=2', '--peak_flops=1e12', '--sample_tokens=20')
     evals = read_log(out)
@@ -142,6 +144,7 @@ def test_end_to_end(preset, data_dir, tmp_path):
     diags = read_log(out, 'diag')
     assert [d['iter'] for d in diags] == [0, 15, 30] and len(diags[0]['corr']) == 4 + 1
     assert 'mfu' in r.stdout and '---------- sample' in r.stdout
+    assert ("preparing the default dataset 'pydocs'" in r.stdout) == (preset == 'espa')
     assert sorted(os.listdir(out)) == ['ckpt.pt', 'ckpt_best.pt', 'ckpt_step0000020.pt', 'ckpt_step0000030.pt',
                                        'log.jsonl']
     ck = load(os.path.join(out, 'ckpt.pt'))  # weights_only: tensors and plain Python only
@@ -379,3 +382,22 @@ def test_eval_only_writes_nothing_and_overwrite_replaces_the_run(trained, data_d
     assert sorted(os.listdir(out)) == ['ckpt.pt', 'ckpt_best.pt', 'ckpt_step0000003.pt', 'log.jsonl']
     assert [e['iter'] for e in read_log(out)] == [0, 3]
     assert load(os.path.join(out, 'ckpt.pt'))['config']['model'] == 'preln'
+
+
+def test_data_errors(trained, data_dir, tmp_path):
+    """A checkpoint resumed on data from another tokenizer, and a truncated token file: exit 2."""
+    other = tmp_path / 'data'
+    shutil.copytree(os.path.join(data_dir, 'pydocs'), other / 'pydocs')
+    meta_path = other / 'pydocs' / 'meta.json'
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, 'tokenizer': 'gpt2', 'vocab_size': 50257}))
+    out = str(tmp_path / 'out')
+    shutil.copytree(trained, out)
+    r = run([f'--out_dir={out}', '--init_from=resume', f'--data_dir={other}'], data_dir)
+    assert r.returncode == 2 and 'was trained on bytes tokens (vocab 256)' in r.stderr, r.stderr
+    meta_path.write_text(json.dumps(meta))
+    train_bin = other / 'pydocs' / 'train.bin'
+    train_bin.write_bytes(train_bin.read_bytes()[:1001])
+    r = run([f'--out_dir={tmp_path / "new"}', f'--data_dir={other}', *TINY], data_dir)
+    assert r.returncode == 2 and 'train.bin' in r.stderr and 'truncated' in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr and not (tmp_path / 'new').exists()
