@@ -1,0 +1,53 @@
+"""compare.py turns runs' log.jsonl into the study table."""
+import builtins
+import json
+
+import compare
+
+
+def _write_run(tmp_path, name, curve):
+    run = tmp_path / name
+    run.mkdir()
+    with open(run / 'log.jsonl', 'w') as f:
+        f.write(json.dumps(dict(kind='diag', iter=0, corr=[0.1, 0.9])) + '\n')   # ignored: not an eval
+        for it, val in curve:
+            f.write(json.dumps(dict(kind='eval', iter=it, train_loss=val + 0.01, val_loss=val, lr=1e-3,
+                                    tokens=it * 100, elapsed_s=it / 10)) + '\n')
+    return str(run)
+
+
+def test_table_counts_steps_to_the_baseline_loss(tmp_path, capsys):
+    preln = _write_run(tmp_path, 'preln', [(0, 5.5), (100, 3.0), (200, 2.5)])
+    espa = _write_run(tmp_path, 'espa', [(0, 5.5), (100, 3.2), (200, 2.8), (300, 2.6), (400, 2.5), (500, 2.4)])
+    slow = _write_run(tmp_path, 'vanilla', [(0, 5.5), (250, 3.2)])
+    out_json = tmp_path / 'table.json'
+    assert compare.main([preln, espa, slow, '--unigram=3.23', f'--json={out_json}']) == 0
+    text = capsys.readouterr().out
+    rows = {r['run']: r for r in json.loads(out_json.read_text())['rows']}
+    assert rows['espa']['steps_to_baseline'] == 400 and rows['espa']['ratio'] == 2.0
+    assert rows['espa']['best_val'] == 2.4 and rows['espa']['final_val'] == 2.4
+    assert rows['preln']['ratio'] == 1.0
+    assert rows['vanilla']['steps_to_baseline'] is None and 'not in 250' in text
+    assert abs(rows['vanilla']['below_unigram'] - 0.03) < 1e-9
+    assert 'espa' in text and '2.00' in text
+
+
+def test_errors_and_missing_matplotlib(tmp_path, capsys, monkeypatch):
+    espa = _write_run(tmp_path, 'espa', [(0, 5.5), (100, 3.0)])
+    assert compare.main([espa]) == 2                     # no 'preln' run to compare with
+    assert "baseline run 'preln' not among espa" in capsys.readouterr().err
+    assert compare.main([str(tmp_path / 'missing')]) == 2
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / 'log.jsonl').write_text('{"kind": "eval", "iter": 0, "val_lo')
+    assert compare.main([str(tmp_path / 'bad'), '--baseline=bad']) == 2
+    assert 'not JSON' in capsys.readouterr().err
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, '__import__', lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name.startswith('matplotlib') else real_import(name, *a, **k))
+    assert compare.main([espa, '--baseline=espa', f'--plots={tmp_path}']) == 0
+    assert 'pip install matplotlib' in capsys.readouterr().out
+
+
+def test_unigram_loss_of_a_known_distribution():
+    import math
+    assert abs(compare.unigram_loss([0, 1, 0, 1], 4) - math.log(2)) < 1e-12
