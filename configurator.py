@@ -244,5 +244,5 @@ def format_help(defaults, comments=None, usage='python train.py [config.py ...] 
     width = max((len(k) for k in defaults), default=0)
     for k, v in defaults.items():
         note = (comments or {}).get(k, '')
-        out.append(f"  --{k.ljust(width)} = {v!r}" + (f"    # {note}" if note else ''))
+        out.append((f"  --{k.ljust(width)} = {v!r:<9}" + (f"  # {note}" if note else '')).rstrip())
     return '\n'.join(out)

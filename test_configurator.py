@@ -209,7 +209,7 @@ def run_train(args, cwd):
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize('args, pattern', [
+TRAIN_ERRORS = [
     (['--max_iter=5'], r"unknown config key 'max_iter'.*did you mean 'max_iters'"),
     (['--lr=1e-3'], r"did you mean 'learning_rate'"),
     (['--compile=1'], r"'compile'.*expects a bool"),
@@ -224,7 +224,10 @@ def run_train(args, cwd):
     (['--init_from=continue'], r"init_from.*'scratch' or 'resume'"),
     (['--gradient_accumulation_steps=0'], r"gradient_accumulation_steps must be >= 1"),
     (['--device=tpu'], r"device"),
-])
+]
+
+
+@pytest.mark.parametrize('args, pattern', TRAIN_ERRORS, ids=[' '.join(a) for a, _ in TRAIN_ERRORS])
 def test_train_py_config_errors(tmp_path, args, pattern):
     out = tmp_path / 'out'
     r = run_train([f'--out_dir={out}', f'--data_dir={tmp_path / "data"}', *args], cwd=tmp_path)

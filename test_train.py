@@ -242,7 +242,7 @@ def test_sigkill_during_save_keeps_previous_checkpoint(data_dir, tmp_path):
     assert not any(n.startswith('.tmp-') for n in os.listdir(out))  # cleaned up on the next run
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
 def test_signal_saves_and_exits_cleanly(sig, data_dir, tmp_path):
     out = str(tmp_path / 'out')
     p = _start(out, data_dir, '--max_iters=100000', '--eval_interval=100000', '--model=preln')
@@ -313,7 +313,7 @@ def trained(data_dir, tmp_path_factory):
     (['--init_from=resume', '--model=preln'], r"holds a --model=espa run; you asked for --model=preln"),
     (['--init_from=resume', '--block_size=64'], r"block_size=32 \(you asked for 64\)"),
     ([], r"already holds a run. Continue it with --init_from=resume"),
-])
+], ids=['n_layer', 'model', 'block_size', 'scratch_over_existing_run'])
 def test_resume_mismatch_errors(trained, data_dir, tmp_path, args, pattern):
     out = str(tmp_path / 'out')
     shutil.copytree(trained, out)

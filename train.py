@@ -27,6 +27,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -105,9 +106,10 @@ def arch_types():
 def help_text():
     src = open(__file__, encoding='utf-8').read().split('DEFAULTS = dict(')[1].split('\n)\n')[0]
     comments = {m[1]: m[2] for m in re.finditer(r'^\s*(\w+)=.*?#\s*(.*)$', src, re.M)}
-    gpt = GPTConfig()
+    preset = config_for(DEFAULTS['model'])
+    comments['vocab_size'] = "None: the dataset's vocabulary (set it larger to pad)"
     for k in ARCH_KEYS:
-        comments.setdefault(k, f"model setting; None: the preset's value (GPTConfig default {getattr(gpt, k)!r})")
+        comments.setdefault(k, f"None: the preset's value ({DEFAULTS['model']}: {getattr(preset, k)!r})")
     return format_help(DEFAULTS, comments) + '\n\nSee the top of train.py and README.md.'
 
 
@@ -157,7 +159,6 @@ def save_checkpoint(state, folder, names):
             try:
                 os.link(tmp, extra)
             except OSError:
-                import shutil
                 shutil.copyfile(tmp, extra)
             os.replace(extra, os.path.join(folder, name))
         os.replace(tmp, os.path.join(folder, names[-1]))
@@ -633,6 +634,7 @@ def train(argv):
         while True:
             lr = get_lr(iter_num, cfg['learning_rate'], cfg['warmup_iters'], lr_decay_iters, min_lr)
             already_logged = iter_num == logged_iter  # the run we resumed logged this step already
+            t_eval = time.time()
 
             # evaluate, log and save every eval_interval steps and at the end
             if (iter_num % cfg['eval_interval'] == 0 or iter_num >= cfg['max_iters']) and not already_logged:
@@ -661,6 +663,7 @@ def train(argv):
                 log(dict(kind='diag', iter=iter_num, **diag))
             if iter_num >= cfg['max_iters']:
                 break
+            t_window += time.time() - t_eval  # tokens/s and MFU count training steps only
 
             # one optimisation step: accum micro-batches per process, gradients averaged by DDP
             for g in optimizer.param_groups:
