@@ -1,6 +1,8 @@
 """
-Compare training runs: a table of final/best validation loss, and how many steps each run needs
-to reach the baseline's final loss (the paper's "about 5 times more iterations" claim).
+Compare training runs: a table of final/best validation loss, how many steps each run needs to
+reach the baseline's final loss, and the ratio of steps at the longest baseline horizon it reaches
+(the paper's "about 5 times more iterations": s / k where the run first matches the baseline's
+step-k loss at step s).
 
     python compare.py out/study/preln out/study/espa out/study/vanilla ...
     python compare.py out/study/* --baseline=preln --unigram=3.23 --plots=assets
@@ -52,30 +54,44 @@ def steps_to_reach(evals, target):
     return next((it for it, val, _ in evals if val <= target), None)
 
 
+def step_ratio(evals, base_evals):
+    """(k, s): the largest baseline step k whose loss this run reaches, and the step s where it does.
+    s / k is "how many times more steps" (the paper's 5x) at the longest horizon the run can speak to."""
+    best = None
+    for k, loss, _ in base_evals:
+        s = steps_to_reach(evals, loss)
+        if k > 0 and s is not None:
+            best = (k, s)
+    return best
+
+
 def summarize(runs, baseline, unigram=None):
-    """One row per run: final and best val loss, steps to the baseline's final loss and the ratio."""
+    """One row per run: final and best val loss, steps to the baseline's final loss, and the ratio
+    of steps at the longest baseline horizon the run reaches."""
     if baseline not in runs:
         raise CompareError(f"baseline run {baseline!r} not among {', '.join(runs)}: name its folder or pass --baseline=LABEL")
-    base_iter, base_final = runs[baseline][-1][0], runs[baseline][-1][1]
+    base_final = runs[baseline][-1][1]
     rows = []
     for label, evals in runs.items():
         final_iter, final = evals[-1][0], evals[-1][1]
         finite = [v for _, v, _ in evals if math.isfinite(v)]
-        reach = steps_to_reach(evals, base_final)
+        match = step_ratio(evals, runs[baseline])
         rows.append(dict(run=label, iters=final_iter, final_val=final, best_val=min(finite) if finite else math.nan,
-                         steps_to_baseline=reach, ratio=reach / base_iter if reach is not None and base_iter else None,
+                         steps_to_baseline=steps_to_reach(evals, base_final),
+                         baseline_step=match[0] if match else None, ratio=match[1] / match[0] if match else None,
                          below_unigram=(unigram - final) if unigram is not None else None))
     return rows, base_final
 
 
 def format_table(rows, baseline, base_final, unigram=None):
-    head = f"{'run':<16} {'iters':>6} {'final val':>10} {'best val':>9} {'steps to ' + baseline:>16} {'ratio':>6}"
+    head = (f"{'run':<16} {'iters':>6} {'final val':>10} {'best val':>9} {'steps to ' + baseline:>16}"
+            f" {'steps ratio (at ' + baseline + ' step)':>28}")
     head += f" {'below unigram':>14}" if unigram is not None else ''
     lines = [f"baseline {baseline}: final val loss {base_final:.4f}", head, '-' * len(head)]
     for r in rows:
         reach = f"{r['steps_to_baseline']}" if r['steps_to_baseline'] is not None else f"not in {r['iters']}"
-        ratio = f"{r['ratio']:.2f}" if r['ratio'] is not None else '-'
-        line = f"{r['run']:<16} {r['iters']:>6} {r['final_val']:>10.4f} {r['best_val']:>9.4f} {reach:>16} {ratio:>6}"
+        ratio = f"{r['ratio']:.2f}x (at {r['baseline_step']})" if r['ratio'] is not None else 'never'
+        line = f"{r['run']:<16} {r['iters']:>6} {r['final_val']:>10.4f} {r['best_val']:>9.4f} {reach:>16} {ratio:>28}"
         if unigram is not None:
             line += f" {r['below_unigram']:>+14.3f}"
         lines.append(line)

@@ -20,14 +20,18 @@ def test_table_counts_steps_to_the_baseline_loss(tmp_path, capsys):
     preln = _write_run(tmp_path, 'preln', [(0, 5.5), (100, 3.0), (200, 2.5)])
     espa = _write_run(tmp_path, 'espa', [(0, 5.5), (100, 3.2), (200, 2.8), (300, 2.6), (400, 2.5), (500, 2.4)])
     slow = _write_run(tmp_path, 'vanilla', [(0, 5.5), (250, 3.2)])
+    later = _write_run(tmp_path, 'uspa', [(0, 5.5), (250, 2.9)])   # preln's step-100 loss, at step 250
     out_json = tmp_path / 'table.json'
-    assert compare.main([preln, espa, slow, '--unigram=3.23', f'--json={out_json}']) == 0
+    assert compare.main([preln, espa, slow, later, '--unigram=3.23', f'--json={out_json}']) == 0
     text = capsys.readouterr().out
     rows = {r['run']: r for r in json.loads(out_json.read_text())['rows']}
-    assert rows['espa']['steps_to_baseline'] == 400 and rows['espa']['ratio'] == 2.0
+    assert rows['espa']['steps_to_baseline'] == 400 and rows['espa']['ratio'] == 2.0   # 2.5 at 400 vs 200
+    assert rows['espa']['baseline_step'] == 200
     assert rows['espa']['best_val'] == 2.4 and rows['espa']['final_val'] == 2.4
     assert rows['preln']['ratio'] == 1.0
     assert rows['vanilla']['steps_to_baseline'] is None and 'not in 250' in text
+    assert rows['vanilla']['ratio'] is None and 'never' in text
+    assert rows['uspa']['ratio'] == 2.5 and rows['uspa']['baseline_step'] == 100
     assert abs(rows['vanilla']['below_unigram'] - 0.03) < 1e-9
     assert 'espa' in text and '2.00' in text
 

@@ -1,0 +1,17 @@
+# The small-scale study of README "Results": every variant sees the same data, the same model size
+# and the same token budget; only the preset and its swept learning rate differ (the variant files).
+#   python train.py config/study/common.py config/study/espa.py
+# A deep, narrow model so that a 2-core CPU runs all nine variants in well under an hour.
+dataset = 'pydocs'
+n_layer = 24
+n_embd = 64
+n_head = 4
+block_size = 64
+batch_size = 8                 # 512 tokens per step
+max_iters = 2000
+warmup_iters = 100             # method.md sec. 10: the vanilla models need a warmup (and lr/L in the blocks)
+eval_interval = 100
+eval_iters = 20
+diag_interval = 500
+sample_tokens = 0
+keep_last = 1
