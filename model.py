@@ -139,7 +139,7 @@ def _causal_block_mask(T, device):
     return _block_masks[key]
 
 class Attention(nn.Module):
-    impl = 'auto'  # 'auto': FlexAttention on GPU, SDPA with a float bias elsewhere; 'flex' | 'sdpa' to force
+    impl = 'auto'  # 'auto': FlexAttention in a compiled model on GPU, else SDPA + float bias; 'flex' | 'sdpa' to force
 
     def __init__(self, config, layer, rescale=None):
         super().__init__()
@@ -179,7 +179,10 @@ class Attention(nn.Module):
     def shaped_attention(self, q, k, v):
         """softmax(Q K^T / sqrt(d) + log A_l) V: at W_Q = 0 this is exactly P_l = A_l / D_l."""
         T = q.size(-2)
-        use_flex = self.impl == 'flex' or (self.impl == 'auto' and q.is_cuda and flex_attention is not None)
+        # FlexAttention only pays off compiled (eager, it materialises the scores); a compiled model on a GPU
+        # gets it, everything else SDPA with the bias as a float mask (built on the fly, in float64)
+        use_flex = self.impl == 'flex' or (self.impl == 'auto' and q.is_cuda and flex_attention is not None
+                                           and torch.compiler.is_compiling())
         if use_flex:
             return flex_attention(q, k, v, score_mod=self.score_mod, block_mask=_causal_block_mask(T, q.device))
         pos = torch.arange(T, device=q.device, dtype=torch.float64)   # the bias is built in float64, then cast
