@@ -22,3 +22,4 @@ eval_iters = 50
 diag_interval = 1000
 keep_last = 3
 compile = True
+sample_start = '\n'
