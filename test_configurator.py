@@ -2,6 +2,7 @@
 (subprocess: message on stderr and exit status 2, before any file is written)."""
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -232,7 +233,7 @@ def test_train_py_config_errors(tmp_path, args, pattern):
     out = tmp_path / 'out'
     r = run_train([f'--out_dir={out}', f'--data_dir={tmp_path / "data"}', *args], cwd=tmp_path)
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert __import__('re').search(pattern, r.stderr, __import__('re').S), r.stderr
+    assert re.search(pattern, r.stderr, re.S), r.stderr
     assert 'Traceback' not in r.stderr
     assert not out.exists()                 # nothing written before the config is known good
     assert not (tmp_path / 'data').exists()  # nor the default dataset prepared

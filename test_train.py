@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -320,7 +321,7 @@ def test_resume_mismatch_errors(trained, data_dir, tmp_path, args, pattern):
     before = {n: digest(os.path.join(out, n)) for n in os.listdir(out)}
     r = run([f'--out_dir={out}', *args], data_dir)
     assert r.returncode == 2, r.stderr
-    assert __import__('re').search(pattern, r.stderr), r.stderr
+    assert re.search(pattern, r.stderr), r.stderr
     assert 'Traceback' not in r.stderr
     assert {n: digest(os.path.join(out, n)) for n in os.listdir(out)} == before
 
