@@ -4,7 +4,7 @@
 #   bash config/study/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-VARIANTS="${VARIANTS:-preln postln vanilla vskipinit uspa espa vskipinit-skip uspa-skip espa-skip}"
+VARIANTS="${VARIANTS:-preln vanilla vskipinit uspa espa vskipinit-skip uspa-skip espa-skip}"
 for model in $VARIANTS; do
   [ -f "out/study/$model/ckpt.pt" ] || python train.py config/study/common.py "config/study/$model.py" --overwrite=True >/dev/null
   echo "$model: $(grep '"eval"' "out/study/$model/log.jsonl" | tail -n 1)"

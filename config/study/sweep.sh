@@ -9,6 +9,7 @@ VARIANTS="${VARIANTS:-preln postln vanilla vskipinit uspa espa vskipinit-skip us
 LRS="${LRS:-1e-3 3e-3 1e-2}"
 SWEEP_ITERS="${SWEEP_ITERS:-500}"
 OUT="${OUT:-out/sweep}"
+mkdir -p "$OUT"
 for model in $VARIANTS; do
   for lr in $LRS; do
     run="$OUT/$model-lr$lr"
