@@ -98,12 +98,16 @@ def format_table(rows, baseline, base_final, unigram=None):
     return '\n'.join(lines)
 
 
-def unigram_loss(tokens, vocab_size):
-    """Cross-entropy of the best context-free model: the floor a rank-collapsed model sits at."""
+def unigram_loss(tokens, vocab_size, eval_tokens=None):
+    """Cross-entropy of the best context-free model (token frequencies of `tokens`, add-one smoothed
+    when scored on other `eval_tokens`): the level a rank-collapsed model sits at."""
     import numpy as np
-    p = np.bincount(np.asarray(tokens), minlength=vocab_size) / len(tokens)
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
+    counts = np.bincount(np.asarray(tokens), minlength=vocab_size).astype(np.float64)
+    if eval_tokens is None:
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * np.log(p)).sum())
+    p = (counts + 1) / (counts.sum() + vocab_size)
+    return float(-np.log(p[np.asarray(eval_tokens)]).mean())
 
 
 def plot(runs, paths, out_dir):

@@ -55,3 +55,5 @@ def test_errors_and_missing_matplotlib(tmp_path, capsys, monkeypatch):
 def test_unigram_loss_of_a_known_distribution():
     import math
     assert abs(compare.unigram_loss([0, 1, 0, 1], 4) - math.log(2)) < 1e-12
+    assert abs(compare.unigram_loss([0, 1, 0, 1], 2, eval_tokens=[0, 0]) - math.log(2)) < 1e-12
+    assert compare.unigram_loss([0, 0, 0, 1], 2, eval_tokens=[1]) > math.log(2)

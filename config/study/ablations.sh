@@ -29,3 +29,5 @@ run espa-paper-gamma-eta  --gamma_L=0.005 --eta=0.9            # public code's g
 run vanilla-recipe        --model=vanilla                      # the same recipe with rank-collapsed attention
 run espa-L48              --n_layer=48                         # does the lr / L rule carry to depth 48?
 run preln-L48             --model=preln --n_layer=48 --learning_rate=1e-2   # preln's swept rate
+run uspa-pos-none         --model=uspa --pos=none --learning_rate=1e-2        # position only through the bias
+run vskipinit-pos-none    --model=vskipinit --pos=none --learning_rate=1e-2   # position only through causality

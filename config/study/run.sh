@@ -10,5 +10,5 @@ for model in $VARIANTS; do
   echo "$model: $(grep '"eval"' "out/study/$model/log.jsonl" | tail -n 1)"
 done
 python compare.py $(for m in $VARIANTS; do echo "out/study/$m"; done) --baseline=preln \
-  --unigram="$(python -c "import compare; print(round(compare.unigram_loss(__import__('data').load_tokens('data', 'pydocs', 'train'), 256), 4))")" \
+  --unigram="$(python -c "import compare, data; print(round(compare.unigram_loss(data.load_tokens('data', 'pydocs', 'train'), 256, data.load_tokens('data', 'pydocs', 'val')), 4))")" \
   --json=out/study/table.json --plots=assets
