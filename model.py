@@ -132,10 +132,15 @@ def init_linear(linear, config, role):
 
 _block_masks = {}
 
+def _causal(b, h, q_idx, kv_idx):
+    return kv_idx <= q_idx
+
 def _causal_block_mask(T, device):
+    if torch.compiler.is_compiling():   # traced into the graph (a cache would be a side effect there)
+        return create_block_mask(_causal, None, None, T, T, device=device)
     key = (T, str(device))
     if key not in _block_masks:
-        _block_masks[key] = create_block_mask(lambda b, h, q, kv: kv <= q, None, None, T, T, device=device)
+        _block_masks[key] = create_block_mask(_causal, None, None, T, T, device=device)
     return _block_masks[key]
 
 class Attention(nn.Module):
