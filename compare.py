@@ -84,14 +84,15 @@ def summarize(runs, baseline, unigram=None):
 
 
 def format_table(rows, baseline, base_final, unigram=None):
-    head = (f"{'run':<16} {'iters':>6} {'final val':>10} {'best val':>9} {'steps to ' + baseline:>16}"
+    w = max([16] + [len(r['run']) for r in rows])
+    head = (f"{'run':<{w}} {'iters':>6} {'final val':>10} {'best val':>9} {'steps to ' + baseline:>16}"
             f" {'steps ratio (at ' + baseline + ' step)':>28}")
     head += f" {'below unigram':>14}" if unigram is not None else ''
     lines = [f"baseline {baseline}: final val loss {base_final:.4f}", head, '-' * len(head)]
     for r in rows:
         reach = f"{r['steps_to_baseline']}" if r['steps_to_baseline'] is not None else f"not in {r['iters']}"
         ratio = f"{r['ratio']:.2f}x (at {r['baseline_step']})" if r['ratio'] is not None else 'never'
-        line = f"{r['run']:<16} {r['iters']:>6} {r['final_val']:>10.4f} {r['best_val']:>9.4f} {reach:>16} {ratio:>28}"
+        line = f"{r['run']:<{w}} {r['iters']:>6} {r['final_val']:>10.4f} {r['best_val']:>9.4f} {reach:>16} {ratio:>28}"
         if unigram is not None:
             line += f" {r['below_unigram']:>+14.3f}"
         lines.append(line)
