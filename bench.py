@@ -1,0 +1,360 @@
+"""
+Speed and memory of every preset, measured side by side in one run (issue 5).
+
+    python bench.py                                       # CPU target: 12 layers, width 256, T = 256, fp32
+    python bench.py --models=preln,espa --steps=20 --json=bench.json
+    python bench.py --device=cuda --compile=True --n_embd=768 --n_head=12 --block_size=1024 --vocab_size=50304
+    python bench.py --mem_scaling=True --steps=0          # memory at T and 2T: linear or quadratic in T?
+
+Every preset is built up front. After warm-up come rounds of one training step (forward, backward,
+AdamW) and one forward pass (no_grad) per preset, the order rotated each round, so machine noise
+(other jobs on a shared CPU, GPU clocks) hits every preset alike; we report medians. ratio_to_preln
+is the median over rounds of preln's step time / the preset's step time in the same round: paired,
+so slow drifts in machine load cancel. preln is added to the run when not asked for.
+
+Memory (bytes handed out by the allocator, not RSS, which counts caching and libraries):
+  act_mem_mb    what the forward leaves allocated for the backward: saved activations, attention
+                masks, logits. The part that grows with T.
+  peak_mem_mb   parameters + AdamW state + the peak that one training step allocates on top
+                (activations, gradients, temporaries): what training this model alone peaks at.
+  CUDA reads torch.cuda.memory_allocated / max_memory_allocated. CPU has no allocator statistics,
+  so the allocations and frees the profiler records (profile_memory=True) are replayed in time
+  order to find the peak: best effort, it misses buffers that intra-op worker threads allocate.
+"""
+import contextlib
+import difflib
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch._dynamo
+
+import model as gpt
+from configurator import ConfigError, configure, format_help
+
+DEFAULTS = dict(
+    models='all',         # comma-separated presets, or all
+    n_layer=12,
+    n_embd=256,
+    n_head=4,
+    block_size=256,       # T, the sequence length of every batch
+    batch_size=4,
+    vocab_size=256,       # 50304 for a GPT-2-sized readout
+    device='auto',        # auto (cuda if there is one) | cpu | cuda | cuda:N
+    dtype='auto',         # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16
+    compile=False,        # torch.compile every model
+    threads=0,            # CPU threads for the timed work; 0: torch's default
+    steps=10,             # timed rounds (one training step and one forward pass per preset each)
+    warmup=2,             # untimed rounds first: lazy init, AdamW state, compilation
+    peak_flops=None,      # device peak FLOP/s for MFU; None: model.peak_flops (known GPUs only)
+    mem_scaling=False,    # also measure memory at T and 2T for every preset
+    json='',              # write the results here
+    seed=0,               # weights and batch; the same for every preset
+)
+MB = 2 ** 20
+
+
+class BenchError(Exception):
+    """A flag that cannot be used; the message says what to do."""
+
+
+def parse(argv):
+    cfg = configure(DEFAULTS, argv, types={'peak_flops': float})
+    names = list(gpt.PRESETS) if cfg['models'] == 'all' else [m.strip() for m in cfg['models'].split(',') if m.strip()]
+    if not names:
+        raise BenchError(f"--models is empty; give presets such as --models=preln,espa, or all ({', '.join(gpt.PRESETS)})")
+    for name in names:
+        if name not in gpt.PRESETS:
+            close = difflib.get_close_matches(name, gpt.PRESETS, n=1)
+            raise BenchError(f"unknown preset {name!r} in --models" + (f" (did you mean {close[0]}?)" if close else '')
+                             + f"; valid presets: {', '.join(gpt.PRESETS)} (or all)")
+    names = list(dict.fromkeys(names))                         # drop repeats, keep the order
+    if 'preln' not in names:
+        names.insert(0, 'preln')                               # the baseline of every ratio
+    device = cfg['device']
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if not (device == 'cpu' or device == 'cuda' or (device.startswith('cuda:') and device[5:].isdigit())):
+        raise BenchError(f"--device must be auto, cpu, cuda or cuda:N (got {device!r})")
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise BenchError(f"--device={device} was asked for, but torch {torch.__version__} sees no CUDA GPU; use --device=cpu")
+    dtype = cfg['dtype'] if cfg['dtype'] != 'auto' else ('bfloat16' if device.startswith('cuda') else 'float32')
+    if dtype not in ('float32', 'bfloat16'):
+        raise BenchError(f"--dtype must be auto, float32 or bfloat16 (got {dtype!r}); float16 would need a grad scaler")
+    for key in ('steps', 'warmup', 'threads'):
+        if cfg[key] < 0:
+            raise BenchError(f"--{key} must be >= 0 (got {cfg[key]})")
+    if cfg['steps'] == 0 and not cfg['mem_scaling']:
+        raise BenchError("nothing to do: --steps=0 without --mem_scaling=True")
+    if cfg['peak_flops'] is not None and not cfg['peak_flops'] > 0:
+        raise BenchError(f"--peak_flops must be > 0 FLOP/s (got {cfg['peak_flops']})")
+    for name in names:                                         # the model's own checks, before any work
+        try:
+            model_config(name, cfg)
+        except ValueError as e:
+            raise BenchError(f"{name}: {e}") from None
+    return cfg, names, torch.device(device), dtype
+
+
+def model_config(name, cfg, block_size=None):
+    return gpt.config_for(name, n_layer=cfg['n_layer'], n_embd=cfg['n_embd'], n_head=cfg['n_head'],
+                          block_size=block_size or cfg['block_size'], vocab_size=cfg['vocab_size'])
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The orthogonal init's QR of small matrices, multi-threaded on a busy 2-core machine, spins
+    for seconds per matrix (OpenMP threads fighting other jobs); built on one thread it takes ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def build(name, cfg, device, block_size=None):
+    """A preset's model (compiled if asked), its AdamW, and how its attention runs here."""
+    torch.manual_seed(cfg['seed'])                             # every preset starts from the same randomness
+    with one_thread():
+        raw = gpt.GPT(model_config(name, cfg, block_size)).to(device)
+    opt = raw.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
+    attn = raw.config.attn
+    if attn in ('espa', 'uspa'):  # a label only: mirrors the rule in model.Attention.shaped_attention
+        impl = getattr(gpt.Attention, 'impl', 'auto')
+        flex = impl == 'flex' or (impl == 'auto' and device.type == 'cuda' and cfg['compile']
+                                  and getattr(gpt, 'flex_attention', None) is not None)
+        path = 'flex_attention score_mod' if flex else 'sdpa + T x T bias'
+    else:
+        path = 'sdpa is_causal'
+    return dict(raw=raw, model=torch.compile(raw) if cfg['compile'] else raw, opt=opt, attention=path)
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """The CPU profiler's C++ side prints start/stop lines to fd 2; keep the table readable."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w') as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def track_memory(device):
+    """Yields a dict that holds, on exit, the bytes allocated inside the block above what was
+    allocated at its start: 'peak' (highest point) and 'net' (still allocated at the end)."""
+    out = {}
+    if device.type == 'cuda':
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        yield out
+        sync(device)
+        out.update(peak=torch.cuda.max_memory_allocated(device) - base, net=torch.cuda.memory_allocated(device) - base)
+        return
+    from torch.profiler import ProfilerActivity, profile
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield out
+    # '[memory]' events carry +bytes for an allocation, -bytes for a free (frees of blocks allocated
+    # before the profiler started are left out, as they should be)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == '[memory]')
+    running = list(itertools.accumulate(n for _, n in events)) or [0]
+    out.update(peak=max(0, max(running)), net=running[-1])
+
+
+def train_step(run, x, y, autocast):
+    with autocast:
+        _, loss = run['model'](x, y)
+    loss.backward()
+    run['opt'].step()
+    run['opt'].zero_grad(set_to_none=True)
+
+
+def forward(run, x, y, autocast):
+    with torch.no_grad(), autocast:
+        run['model'](x, y)                                     # with targets: the full (B, T, vocab) readout
+
+
+def measure_memory(run, x, y, autocast, optimizer=True):
+    """(act, peak, state) bytes of one training step; see the module docstring."""
+    with track_memory(x.device) as fwd:
+        with autocast:
+            _, loss = run['model'](x, y)
+    with track_memory(x.device) as rest:
+        loss.backward()
+        if optimizer:
+            run['opt'].step()
+    del loss
+    run['opt'].zero_grad(set_to_none=True)
+    tensors = list(run['raw'].parameters()) + [t for s in run['opt'].state.values() for t in s.values() if torch.is_tensor(t)]
+    state = sum(t.numel() * t.element_size() for t in tensors)
+    return fwd['net'], max(fwd['peak'], fwd['net'] + rest['peak']), state
+
+
+def timed(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def throughput(names, cfg, device, autocast, peak):
+    B, T = cfg['batch_size'], cfg['block_size']
+    runs = {name: build(name, cfg, device) for name in names}
+    gen = torch.Generator().manual_seed(cfg['seed'])
+    x, y = (torch.randint(cfg['vocab_size'], (B, T), generator=gen).to(device) for _ in range(2))
+    times = {name: dict(train=[], fwd=[]) for name in names}
+    start = time.perf_counter()
+    for r in range(cfg['warmup'] + cfg['steps']):
+        if r == cfg['warmup'] > 0:
+            print(f"warm-up: {time.perf_counter() - start:.0f} s" + (' (compilation included)' if cfg['compile'] else ''), flush=True)
+        k = r % len(names)
+        for name in names[k:] + names[:k]:                     # rotate: nobody always runs right after another
+            run = runs[name]
+            dt_train = timed(lambda: train_step(run, x, y, autocast), device)
+            dt_fwd = timed(lambda: forward(run, x, y, autocast), device)
+            if r >= cfg['warmup']:
+                times[name]['train'].append(dt_train)
+                times[name]['fwd'].append(dt_fwd)
+    results = {}
+    for name in names:
+        run, t = runs[name], times[name]
+        act, peak_mem, state = measure_memory(run, x, y, autocast)
+        flops = run['raw'].flops_per_token(T)                  # training: 3x the forward's
+        train_ms, fwd_ms = statistics.median(t['train']), statistics.median(t['fwd'])
+        q1, _, q3 = statistics.quantiles(t['train'], n=4) if len(t['train']) > 1 else (train_ms,) * 3
+        paired = lambda kind: statistics.median(a / b for a, b in zip(times['preln'][kind], t[kind]))
+        results[name] = dict(
+            train_tokens_per_s=B * T / train_ms, fwd_tokens_per_s=B * T / fwd_ms,
+            ratio_to_preln=1.0 if name == 'preln' else paired('train'),
+            fwd_ratio_to_preln=1.0 if name == 'preln' else paired('fwd'),
+            peak_mem_mb=(state + peak_mem) / MB, act_mem_mb=act / MB, state_mem_mb=state / MB,
+            mfu=flops * B * T / train_ms / peak if peak else None,
+            fwd_mfu=flops / 3 * B * T / fwd_ms / peak if peak else None,
+            train_ms=1000 * train_ms, fwd_ms=1000 * fwd_ms, train_spread=(q3 - q1) / train_ms,
+            train_ms_all=[round(1000 * s, 3) for s in t['train']], fwd_ms_all=[round(1000 * s, 3) for s in t['fwd']],
+            flops_per_token=flops, params=run['raw'].num_params(), attention=run['attention'])
+    return results
+
+
+def memory_scaling(names, cfg, device, autocast, dtype):
+    """Forward+backward memory of every preset at T and 2T (fresh models of block_size T and 2T).
+    Linear attention memory doubles; a T x T tensor per layer quadruples. From the two points,
+    act = a T + b T^2, so b T^2 = (act(2T) - 2 act(T)) / 2 is the part quadratic in T; tt_per_layer
+    says how many T x T matrices of the compute dtype per layer that is (0: linear)."""
+    T, B, L = cfg['block_size'], cfg['batch_size'], cfg['n_layer']
+    elem = 2 if dtype == 'bfloat16' else 4
+    out = {}
+    for name in names:
+        point = {}
+        for t in (T, 2 * T):
+            run = build(name, cfg, device, block_size=t)
+            gen = torch.Generator().manual_seed(cfg['seed'])
+            x, y = (torch.randint(cfg['vocab_size'], (B, t), generator=gen).to(device) for _ in range(2))
+            measure_memory(run, x, y, autocast, optimizer=False)   # once untimed: lazy state, compilation
+            point[t] = measure_memory(run, x, y, autocast, optimizer=False)[:2]
+            del run
+        (a1, p1), (a2, p2) = point[T], point[2 * T]
+        quad = (a2 - 2 * a1) / 2
+        out[name] = dict(T=T, act_mb_T=a1 / MB, act_mb_2T=a2 / MB, act_growth=a2 / a1,
+                         peak_mb_T=p1 / MB, peak_mb_2T=p2 / MB, peak_growth=p2 / p1,
+                         quadratic_mb_at_T=quad / MB, tt_per_layer=quad / (L * T * T * elem))
+    return out
+
+
+def machine(device):
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), cpu)
+    return dict(torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
+                device=torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu,
+                cpu=cpu, cpu_count=os.cpu_count(), cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
+                torch_threads=torch.get_num_threads(), cuda=torch.version.cuda,
+                load_avg=[round(v, 2) for v in os.getloadavg()] if hasattr(os, 'getloadavg') else None)
+
+
+def main(argv):
+    if '-h' in argv or '--help' in argv:
+        src = open(__file__, encoding='utf-8').read().split('DEFAULTS = dict(')[1].split('\n)\n')[0]
+        comments = {m[1]: m[2] for m in re.finditer(r'^\s*(\w+)=.*?#\s*(.*)$', src, re.M)}
+        print(__doc__ + '\n' + format_help(DEFAULTS, comments, usage='python bench.py [--key=value ...]'))
+        return 0
+    try:
+        cfg, names, device, dtype = parse(argv)
+    except (ConfigError, BenchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg['threads']:
+        torch.set_num_threads(cfg['threads'])
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # bf16 the way train.py runs it: fp32 weights, autocast compute
+    autocast = nullcontext() if dtype == 'float32' else torch.autocast(device.type, dtype=torch.bfloat16)
+    if cfg['compile']:
+        # the presets share GPT.forward, so each one (and each grad mode) is a recompile of the same
+        # code object; past dynamo's default limit of 8 it would silently run the rest eagerly
+        for key in ('recompile_limit', 'cache_size_limit'):
+            if hasattr(torch._dynamo.config, key):
+                setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), 8 * len(names) + 8))
+    peak = cfg['peak_flops'] or gpt.peak_flops(device)
+    settings = {k: cfg[k] for k in DEFAULTS if k not in ('json', 'models')}
+    settings.update(models=names, device=str(device), dtype=dtype, peak_flops=peak)
+    results = {name: {} for name in names}
+    B, T = cfg['batch_size'], cfg['block_size']
+    print(f"bench: {', '.join(names)} | n_layer={cfg['n_layer']} n_embd={cfg['n_embd']} n_head={cfg['n_head']} "
+          f"T={T} B={B} | {device} {dtype}{' compiled' if cfg['compile'] else ''} | torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads | {cfg['warmup']} warm-up + {cfg['steps']} timed rounds")
+    if cfg['steps']:
+        for name, r in throughput(names, cfg, device, autocast, peak).items():
+            results[name].update(r)
+        print(f"\n{'preset':<15}{'train tok/s':>12}{'+-%':>7}{'x preln':>9}{'fwd tok/s':>12}{'x preln':>9}"
+              f"{'peak MB':>10}{'act MB':>9}{'MFU':>7}  attention")
+        for name, r in results.items():
+            mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else '-'
+            print(f"{name:<15}{r['train_tokens_per_s']:>12,.0f}{50 * r['train_spread']:>7.1f}{r['ratio_to_preln']:>9.3f}"
+                  f"{r['fwd_tokens_per_s']:>12,.0f}{r['fwd_ratio_to_preln']:>9.3f}{r['peak_mem_mb']:>10.1f}"
+                  f"{r['act_mem_mb']:>9.1f}{mfu:>7}  {r['attention']}")
+        print("(x preln: median over rounds of the paired step-time ratio; +-%: half the interquartile range of "
+              "the training step time; MFU needs the device peak, --peak_flops)")
+    if cfg['mem_scaling']:
+        print(f"\nmemory of forward+backward at T={T} and 2T={2 * T} (batch {B}); "
+              f"linear in T doubles, T x T per layer quadruples")
+        print(f"{'preset':<15}{'act MB T':>10}{'act MB 2T':>11}{'growth':>8}{'peak MB T':>11}{'peak MB 2T':>12}"
+              f"{'growth':>8}{'TxT/layer':>11}")
+        for name, s in memory_scaling(names, cfg, device, autocast, dtype).items():
+            results[name]['mem_scaling'] = s
+            print(f"{name:<15}{s['act_mb_T']:>10.2f}{s['act_mb_2T']:>11.2f}{s['act_growth']:>8.2f}{s['peak_mb_T']:>11.2f}"
+                  f"{s['peak_mb_2T']:>12.2f}{s['peak_growth']:>8.2f}{s['tt_per_layer']:>11.2f}")
+    box = machine(device)
+    for r in results.values():
+        r.update(settings=settings, machine=box)
+        r.setdefault('mfu', None)
+    if cfg['json']:
+        with open(cfg['json'], 'w') as f:
+            json.dump(results, f, indent=1)
+        print(f"\nwrote {cfg['json']}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
