@@ -185,7 +185,7 @@ class Attention(nn.Module):
         """softmax(Q K^T / sqrt(d) + log A_l) V: at W_Q = 0 this is exactly P_l = A_l / D_l."""
         T = q.size(-2)
         # FlexAttention only pays off compiled (eager, it materialises the scores); a compiled model on a GPU
-        # gets it, everything else SDPA with the bias as a float mask (built on the fly, in float64)
+        # gets it, everything else SDPA with the bias as a float mask (sdpa_bias)
         use_flex = self.impl == 'flex' or (self.impl == 'auto' and q.is_cuda and flex_attention is not None
                                            and torch.compiler.is_compiling())
         if use_flex:

@@ -318,6 +318,7 @@ def attention_rescalings(config, T):
 # Command line: the predicted kernel layer by layer, and with --measure a real model next to it.
 
 if __name__ == '__main__':
+    import ast
     import sys
     from model import config_for, measure_kernels  # only the CLI needs the model (see the docstring)
     args = dict(model='espa', n_layer=None, n_embd=512, n_head=8, block_size=128, batch_size=8, measure=False, seed=0)
@@ -325,9 +326,9 @@ if __name__ == '__main__':
     for arg in sys.argv[1:]:
         key, _, val = arg.lstrip('-').partition('=')
         try:
-            val = True if val == '' else eval(val, {}, {})
-        except Exception:
-            pass
+            val = True if val == '' else ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            pass   # a plain string, e.g. --model=espa
         (args if key in args else overrides)[key] = val
     try:
         config = config_for(args['model'], n_layer=args['n_layer'], n_embd=args['n_embd'], n_head=args['n_head'],

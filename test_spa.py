@@ -185,6 +185,9 @@ def test_fast_path_equals_explicit_reference_forward_and_backward(name, T):
     g_ref = torch.autograd.grad(ref, params, grad_out)
     for a, b in zip(g_fast, g_ref):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+    if T > 1:   # the same module at a shorter length: the cached SDPA bias must follow T
+        short = x[:, :T // 2]
+        torch.testing.assert_close(attn(short), _reference_attention(attn, short), atol=1e-10, rtol=1e-10)
     if name in ('espa', 'uspa'):   # FlexAttention: forward only on CPU (its backward needs a GPU)
         attn.impl = 'flex'
         with torch.no_grad():
