@@ -25,9 +25,11 @@ Type rules, by the default value of the key:
 import ast
 import difflib
 import os
+import re
+import sys
 import types as _types
 
-__all__ = ['ConfigError', 'configure', 'format_help']
+__all__ = ['ConfigError', 'configure', 'format_help', 'key_comments', 'command_line']
 
 
 class ConfigError(Exception):
@@ -246,3 +248,28 @@ def format_help(defaults, comments=None, usage='python train.py [config.py ...] 
         note = (comments or {}).get(k, '')
         out.append((f"  --{k.ljust(width)} = {v!r:<9}" + (f"  # {note}" if note else '')).rstrip())
     return '\n'.join(out)
+
+
+def key_comments(path):
+    """{key: comment} from the `DEFAULTS = dict(` block of a Python file: the comment at the end of
+    each `key=value,  # comment` line, so that --help says what the source says."""
+    with open(path, encoding='utf-8') as f:
+        block = f.read().split('DEFAULTS = dict(')[1].split('\n)\n')[0]
+    return {m[1]: m[2] for m in re.finditer(r'^\s*(\w+)=.*?#\s*(.*)$', block, re.M)}
+
+
+def command_line(run, argv, help_text, errors=()):
+    """The shell of train.py and sample.py: -h/--help prints help_text (a string or a function
+    returning one); ConfigError and the other `errors` a user can fix print one paragraph and
+    give exit status 2; a second Ctrl-C gives 130. Otherwise run(argv)'s own status."""
+    if '-h' in argv or '--help' in argv:
+        print(help_text() if callable(help_text) else help_text)
+        return 0
+    try:
+        return run(argv)
+    except (ConfigError, *errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: no save; every file already saved is complete
+        print("aborted; the files already saved are intact", file=sys.stderr)
+        return 130

@@ -10,13 +10,14 @@ metadata the checkpoint carries, so the data folder is not needed. Exit status 2
 """
 import os
 import sys
-from contextlib import nullcontext
 
 import torch
 
+import checkpoint
 import data
-from configurator import ConfigError, configure, format_help
-from train import CheckpointError, load_checkpoint, model_from_checkpoint
+from checkpoint import CheckpointError
+from configurator import ConfigError, command_line, configure, format_help
+from model import device_and_dtype
 
 DEFAULTS = dict(
     out_dir='out',        # reads out_dir/ckpt.pt ...
@@ -33,14 +34,8 @@ DEFAULTS = dict(
 
 
 def main(argv):
-    if '-h' in argv or '--help' in argv:
-        print(format_help(DEFAULTS, usage='python sample.py [--key=value ...]'))
-        return 0
-    try:
-        return sample(argv)
-    except (ConfigError, CheckpointError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return command_line(sample, argv, format_help(DEFAULTS, usage='python sample.py [--key=value ...]'),
+                        (CheckpointError, data.DataError))
 
 
 def sample(argv):
@@ -52,24 +47,20 @@ def sample(argv):
                           f"nearly greedy")
     if c['top_k'] is not None and c['top_k'] < 1:
         raise ConfigError(f"top_k must be >= 1 or None (got {c['top_k']})")
-    device = c['device']
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise ConfigError(f"device={device}, but torch sees no CUDA GPU; use --device=cpu")
-    dtype = c['dtype']
-    if dtype == 'auto':
-        dtype = 'bfloat16' if device.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32'
-    if dtype not in ('float32', 'bfloat16'):
-        raise ConfigError(f"dtype must be auto, float32 or bfloat16 (got {dtype!r})")
+    if c['dtype'] == 'float16':
+        raise ConfigError("dtype must be auto, float32 or bfloat16 (got 'float16'): sampling needs no loss scaler")
+    try:
+        device, dtype, ctx = device_and_dtype(c['device'], c['dtype'])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
     path = c['ckpt'] or os.path.join(c['out_dir'], 'ckpt.pt')
-    ckpt = load_checkpoint(path, map_location='cpu', hint='Train one first (python train.py) or pass --out_dir / --ckpt.')
+    ckpt = checkpoint.load(path, hint='Train one first (python train.py) or pass --out_dir / --ckpt.')
     meta = ckpt.get('meta')
     if not meta:  # a checkpoint without the codec: fall back to the dataset folder it was trained on
         meta = data.load_meta(ckpt['config'].get('data_dir', 'data'), ckpt['config'].get('dataset', 'pydocs'))
     encode, decode = data.encoder(meta)
-    model = model_from_checkpoint(ckpt, path).to(device).eval()
+    model = checkpoint.model_from(ckpt, path).to(device).eval()
 
     start = c['start']
     if start.startswith('FILE:'):
@@ -86,9 +77,8 @@ def sample(argv):
         raise ConfigError("the prompt is empty; give at least one character, e.g. --start='\\n'")
 
     torch.manual_seed(c['seed'])
-    ctx = nullcontext() if dtype == 'float32' else torch.autocast(device.split(':')[0], dtype=torch.bfloat16)
     x = torch.tensor([ids], dtype=torch.long, device=device)
-    print(f"# {path}: step {ckpt['iter_num']}, {ckpt['config'].get('model', '?')}, "
+    print(f"# {path}: step {ckpt['run']['iter_num']}, {ckpt['config'].get('model', '?')}, "
           f"{ckpt['model_args']['n_layer']} layers", file=sys.stderr)
     with torch.no_grad(), ctx:
         for _ in range(c['num_samples']):

@@ -220,7 +220,7 @@ TRAIN_ERRORS = [
     (['--n_embd=100', '--n_head=3'], r"n_embd.*n_head"),
     (['--warmup_iters=50', '--max_iters=10'], r"warmup_iters.*max_iters"),
     (['--model=espaa'], r"espa"),
-    (['--dataset=nosuchdata'], r"dataset 'nosuchdata'.*not prepared.*python data.py"),
+    (['--dataset=nosuchdata'], r"dataset 'nosuchdata'.*not prepared.*python prepare.py"),
     (['--init_from=resume'], r"no checkpoint.*ckpt.pt"),
     (['--init_from=continue'], r"init_from.*'scratch' or 'resume'"),
     (['--gradient_accumulation_steps=0'], r"gradient_accumulation_steps must be >= 1"),
@@ -243,3 +243,13 @@ def test_train_py_help():
     r = run_train(['--help'], cwd=HERE)
     assert r.returncode == 0
     assert '--learning_rate' in r.stdout and '--model' in r.stdout
+
+
+def test_train_py_help_says_what_is_built():
+    """--help shows the preset's values and the TAT rule that model.tat_target applies."""
+    r = run_train(['--help'], cwd=HERE)
+    line = next(l for l in r.stdout.splitlines() if l.strip().startswith('--eta '))
+    assert "espa: 0.5" in line and 'largest reachable target' in line
+    assert any('--n_layer' in l and "espa: 24" in l for l in r.stdout.splitlines())
+    for key in ('--optimizer', '--muon_lr', '--wandb_log', '--warmup_iters', '--gradient_accumulation_steps'):
+        assert key in r.stdout, key

@@ -1,53 +1,16 @@
-"""Tests for data.py: CPU only, no network (urlopen is patched to refuse anything but file:// and
-localhost), tiny fixtures built here. Run: python -m pytest -q test_data.py"""
-import gzip, hashlib, http.server, json, os, subprocess, sys, tempfile, threading, urllib.error, urllib.request, zipfile
+"""Tests for data.py, the read path: checking meta.json and the token files, and drawing batches.
+CPU only, no network, no preparation: tiny datasets are written here by hand (prepare.py has its
+own tests in test_prepare.py). Run: python -m pytest -q test_data.py"""
+import json, os, subprocess, sys, tempfile
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CACHE = '/work/shared/tiktoken-cache'
-if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(CACHE):
-    os.environ['TIKTOKEN_CACHE_DIR'] = CACHE
 sys.path.insert(0, HERE)
 import data  # noqa: E402
-from data import DataError, get_batch, load_meta, load_tokens, prepare  # noqa: E402
-
-EOT = 50256
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any download attempt to the internet fails at once, as it would offline."""
-    real = urllib.request.urlopen
-
-    def urlopen(req, *a, **k):
-        url = req.full_url if isinstance(req, urllib.request.Request) else req
-        if url.startswith(('file:', 'http://127.0.0.1')):
-            return real(req, *a, **k)
-        raise urllib.error.URLError(f'network disabled in tests ({url})')
-    monkeypatch.setattr(urllib.request, 'urlopen', urlopen)
-
-
-@pytest.fixture(scope='session')
-def enc():
-    """tiktoken's GPT-2 encoding. Skipped only where no cache exists at all; with a cache it must load."""
-    try:
-        import tiktoken
-        return tiktoken.get_encoding('gpt2')
-    except Exception as e:
-        if not os.environ.get('TIKTOKEN_CACHE_DIR'):
-            pytest.skip(f'no tiktoken cache here and no network: {e}')
-        pytest.fail(f"GPT-2 encoding did not load from TIKTOKEN_CACHE_DIR={os.environ['TIKTOKEN_CACHE_DIR']}: {e!r}")
-
-
-@pytest.fixture(scope='session')
-def pydocs(tmp_path_factory):
-    os.environ['DATA_PY_CANARY'] = 'canary-a8f3e1-secret'  # must never reach the corpus (see the pydocs tests)
-    d = str(tmp_path_factory.mktemp('pydocs'))
-    prepare('pydocs', d, quiet=True)
-    return d
+from data import DataError, get_batch, load_meta, load_tokens  # noqa: E402
 
 
 def write(path, text):
@@ -55,10 +18,6 @@ def write(path, text):
     with open(path, 'w', encoding='utf-8') as f:
         f.write(text)
     return str(path)
-
-
-def all_tokens(d, name):
-    return np.concatenate([np.asarray(load_tokens(d, name, s)) for s in ('train', 'val')]).tolist()
 
 
 def make_dataset(d, name, tokens, dtype='uint16', vocab_size=256, **meta):
@@ -71,231 +30,13 @@ def make_dataset(d, name, tokens, dtype='uint16', vocab_size=256, **meta):
     write(os.path.join(d, name, 'meta.json'), json.dumps(m))
     return os.path.join(d, name)
 
-# -----------------------------------------------------------------------------
-# pydocs: the offline default
 
-
-def test_pydocs_meta_tokens_and_roundtrip(pydocs):
-    meta = load_meta(pydocs, 'pydocs')
-    assert meta['tokenizer'] == 'bytes' and meta['vocab_size'] == 256 and meta['dtype'] == 'uint16'
-    assert set(meta) == set(data.META_KEYS) and meta['name'] == 'pydocs'
-    train, val = load_tokens(pydocs, 'pydocs', 'train'), load_tokens(pydocs, 'pydocs', 'val')
-    assert len(train) == meta['train_tokens'] > 1_000_000 and len(val) == meta['val_tokens'] > 5_000
-    assert int(train.max()) < 256 and int(val.max()) < 256
-    encode, decode = data.encoder(meta)
-    s = 'Détente: naïve café ✓ ok'
-    assert decode(encode(s)) == s and max(encode(s)) < 256
-    assert 'statement' in decode(train[:2000])  # starts with pydoc's topics, readable text
-    text = decode(np.concatenate([train, val]))
-    assert 'canary-a8f3e1' not in text and os.environ['PATH'] not in text  # no environment leaks into the data
-    assert decode([104, 105, 300]) == 'hi'  # ids outside the vocabulary are dropped, not fatal
-
-
-def test_pydocs_deterministic_in_a_fresh_interpreter(pydocs, tmp_path):
-    # a fresh process (nothing else imported) must give the very same bytes as this one
-    code = f'import data; data.prepare("pydocs", {str(tmp_path)!r}, quiet=True)'
-    subprocess.run([sys.executable, '-c', code], cwd=HERE, check=True, timeout=120)
-    for split in ('train.bin', 'val.bin', 'meta.json'):
-        a, b = (open(os.path.join(d, 'pydocs', split), 'rb').read() for d in (pydocs, str(tmp_path)))
-        assert hashlib.sha1(a).digest() == hashlib.sha1(b).digest(), f'pydocs {split} differs between runs'
-
-
-def test_pydocs_takes_no_input(tmp_path):
-    with pytest.raises(DataError, match='no --input'):
-        prepare('pydocs', str(tmp_path), input_paths=[write(tmp_path / 'a.txt', 'hi')])
-
-# -----------------------------------------------------------------------------
-# GPT-2 datasets from local files
-
-
-def test_input_text_files_gpt2(enc, tmp_path):
-    a = write(tmp_path / 'alpha.txt', 'First document.\nIt has two lines.\n' * 20)
-    b = write(tmp_path / 'beta.txt', 'Second document, <|endoftext|> here is plain text.\n' * 10)
-    folder = prepare('input', str(tmp_path / 'data'), input_paths=[a, b], val_fraction=0.4, quiet=True)
-    assert folder.endswith('alpha')  # named after the first file
-    meta = load_meta(str(tmp_path / 'data'), 'alpha')
-    assert (meta['tokenizer'], meta['vocab_size'], meta['dtype']) == ('gpt2', 50257, 'uint16')
-    expected = enc.encode_ordinary(open(a).read()) + [EOT] + enc.encode_ordinary(open(b).read())
-    assert all_tokens(str(tmp_path / 'data'), 'alpha') == expected  # literal '<|endoftext|>' text stays text
-    val = load_tokens(str(tmp_path / 'data'), 'alpha', 'val')
-    assert load_tokens(str(tmp_path / 'data'), 'alpha', 'train')[-1] == EOT  # val begins at a document
-    assert val.tolist() == enc.encode_ordinary(open(b).read())
-    encode, decode = data.encoder(meta)
-    assert decode(encode('hello <|endoftext|>')) == 'hello <|endoftext|>' and encode('<|endoftext|>') == [EOT]
-
-
-def test_input_jsonl_zip_and_bytes_tokenizer(tmp_path):
-    j = tmp_path / 'docs.jsonl'
-    j.write_text('\n'.join(json.dumps({'text': t, 'id': i}) for i, t in enumerate(['one', 'two', 'three'])) + '\n')
-    z = tmp_path / 'texts.zip'
-    with zipfile.ZipFile(z, 'w') as zf:
-        zf.writestr('b.txt', 'bee')
-        zf.writestr('a.txt', 'ay')
-        zf.writestr('dir/', '')
-    prepare('mine', str(tmp_path / 'd'), input_paths=[j, z], tokenizer='bytes', val_fraction=0.1, quiet=True)
-    meta = load_meta(str(tmp_path / 'd'), 'mine')
-    assert meta['tokenizer'] == 'bytes' and meta['name'] == 'mine'
-    assert bytes(all_tokens(str(tmp_path / 'd'), 'mine')).decode() == 'one\n\ntwo\n\nthree\n\nay\n\nbee'
-
-
-def test_shakespeare_from_local_file(enc, tmp_path):
-    text = 'First Citizen:\nBefore we proceed any further, hear me speak.\n\n' * 50
-    d = str(tmp_path)
-    write(os.path.join(d, 'downloads', 'tinyshakespeare.txt'), text)  # as if downloaded already
-    prepare('shakespeare', d, val_fraction=0.1, quiet=True)
-    assert all_tokens(d, 'shakespeare') == enc.encode_ordinary(text)  # one document: no EOT
-    assert 0.05 < load_meta(d, 'shakespeare')['val_tokens'] / len(enc.encode_ordinary(text)) < 0.25
-
-
-def make_wikitext_zip(path):
-    train = (' \n = Alpha = \n \n Alpha is a letter . \n \n = = History = = \n \n It is old . \n'
-             ' \n = Beta = \n \n Beta follows alpha . \n \n = Gamma = \n \n Gamma is third . \n')
-    valid = ' \n = Delta = \n \n Delta is a river mouth . \n'
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr('wikitext-103-raw/wiki.train.raw', train)
-        zf.writestr('wikitext-103-raw/wiki.valid.raw', valid)
-        zf.writestr('wikitext-103-raw/wiki.test.raw', ' \n = Test = \n')
-    return train, valid
-
-
-def test_wikitext103_from_downloads_folder(enc, tmp_path):
-    d = str(tmp_path)
-    train, valid = make_wikitext_zip(os.path.join(d, 'downloads', 'wikitext-103-raw-v1.zip'))
-    prepare('wikitext103', d, quiet=True)
-    tr, va = (load_tokens(d, 'wikitext103', s).tolist() for s in ('train', 'val'))
-    assert tr.count(EOT) == 2  # three articles (the '= = History = =' subheading does not split)
-    assert enc.decode(tr).replace('<|endoftext|>', '') == train
-    assert enc.decode(va) == valid  # the zip's own validation split, not a slice of train
-    assert 'Test' not in enc.decode(tr + va)
-
-
-def test_wikitext103_bad_zip(enc, tmp_path):
-    p = write(tmp_path / 'downloads' / 'wikitext-103-raw-v1.zip', 'this is no zip')
-    with pytest.raises(DataError, match='wikitext-103-raw-v1.zip'):
-        prepare('wikitext103', str(tmp_path), quiet=True)
-    z = tmp_path / 'other.zip'
-    with zipfile.ZipFile(z, 'w') as zf:
-        zf.writestr('readme.txt', 'hi')
-    with pytest.raises(DataError, match='no wiki.train.raw'):
-        prepare('wikitext103', str(tmp_path), input_paths=[z], quiet=True)
-    assert os.path.exists(p)
-
-
-def c4_shard(path, texts):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with gzip.open(path, 'wt', encoding='utf-8') as f:
-        for t in texts:
-            f.write(json.dumps({'text': t, 'timestamp': '2019', 'url': 'http://x'}) + '\n')
-
-
-def test_c4_budget_and_lazy_shards(enc, tmp_path):
-    d = str(tmp_path)
-    dl = os.path.join(d, 'downloads')
-    shard0 = [f'Document number {i} of shard zero talks about cats.' for i in range(40)]
-    shard1 = [f'Shard one document {i} talks about dogs.' for i in range(40)]
-    c4_shard(os.path.join(dl, 'c4-train.00000-of-01024.json.gz'), shard0)
-    c4_shard(os.path.join(dl, 'c4-train.00001-of-01024.json.gz'), shard1)
-    c4_shard(os.path.join(dl, 'c4-validation.00000-of-00008.json.gz'), ['A validation document.'] * 30)
-    n0 = len(enc.encode_ordinary_batch(shard0)) + sum(map(len, enc.encode_ordinary_batch(shard0))) - 1
-    for budget in (50, n0 + 30):  # inside shard 0; then into shard 1 (never asking for shard 2)
-        prepare('c4', d, max_tokens=budget, val_fraction=0.1, quiet=True)
-        meta = load_meta(d, 'c4')
-        assert meta['train_tokens'] == budget and meta['val_tokens'] == budget // 10
-        tokens = load_tokens(d, 'c4', 'train').tolist()
-        assert tokens[:budget] == (sum(([EOT] + enc.encode_ordinary(t) for t in shard0 + shard1), [])[1:])[:budget]
-    assert not os.path.exists(os.path.join(dl, 'c4-train.00002-of-01024.json.gz.part'))
-    # a budget beyond the local shards needs shard 2: offline that fails, naming the URL and the fix
-    with pytest.raises(DataError) as e:
-        prepare('c4', d, max_tokens=10 * n0, quiet=True)
-    assert 'c4-train.00002-of-01024.json.gz' in str(e.value) and 'downloads' in str(e.value)
-    assert load_meta(d, 'c4')['train_tokens'] == n0 + 30  # the failed run left the previous dataset intact
-    assert [f for f in os.listdir(os.path.join(d, 'c4')) if f.endswith('.tmp')] == []
-
-
-def test_c4_local_shards_via_input(enc, tmp_path):
-    tr, va = str(tmp_path / 'c4-train.00000-of-01024.json.gz'), str(tmp_path / 'c4-validation.00000-of-00008.json.gz')
-    c4_shard(tr, ['one train doc', 'two train doc'])
-    c4_shard(va, ['the val doc'])
-    prepare('c4', str(tmp_path / 'd'), input_paths=[tr, va], quiet=True)
-    assert enc.decode(load_tokens(str(tmp_path / 'd'), 'c4', 'val').tolist()) == 'the val doc'
-    assert enc.decode(load_tokens(str(tmp_path / 'd'), 'c4', 'train').tolist()) == 'one train doc<|endoftext|>two train doc'
-
-
-def test_bad_inputs_name_the_file(tmp_path):
-    bad_gz = tmp_path / 'broken.json.gz'
-    bad_gz.write_bytes(gzip.compress(b'{"text": "ok"}\n' * 100)[:-30])  # truncated download
-    not_json = write(tmp_path / 'notes.jsonl', '{"text": "fine"}\nnot json at all\n')
-    latin1 = tmp_path / 'old.txt'
-    latin1.write_bytes('caf\xe9'.encode('latin-1'))
-    for path, msg in ((bad_gz, 'broken.json.gz'), (not_json, 'notes.jsonl, line 2'), (latin1, 'old.txt'),
-                      (tmp_path / 'absent.txt', 'absent.txt')):
-        with pytest.raises(DataError, match=msg):
-            prepare('input', str(tmp_path / 'd'), input_paths=[path], tokenizer='bytes', quiet=True)
-    empty = write(tmp_path / 'empty.txt', '')
-    with pytest.raises(DataError, match='too little'):
-        prepare('input', str(tmp_path / 'd'), input_paths=[empty], tokenizer='bytes', quiet=True)
-    assert not [f for _, _, fs in os.walk(tmp_path / 'd') for f in fs if f.endswith('.tmp')]
-
-
-def test_gpt2_unavailable_is_explained(monkeypatch, tmp_path):
-    import tiktoken
-
-    def broken(name):
-        raise ConnectionError('no network')
-    monkeypatch.setattr(tiktoken, 'get_encoding', broken)
-    with pytest.raises(DataError, match='TIKTOKEN_CACHE_DIR.*--tokenizer=bytes'):
-        prepare('input', str(tmp_path), input_paths=[write(tmp_path / 'a.txt', 'hello')], quiet=True)
-
-
-def test_bad_arguments(tmp_path):
-    with pytest.raises(DataError, match="unknown dataset 'nope'"):
-        prepare('nope', str(tmp_path))
-    with pytest.raises(DataError, match='val_fraction'):
-        prepare('pydocs', str(tmp_path), val_fraction=1.5)
-    with pytest.raises(DataError, match='--input=PATH'):
-        prepare('input', str(tmp_path))
-
-# -----------------------------------------------------------------------------
-# downloads, without the internet: file:// URLs and a localhost server
-
-
-def test_fetch_file_url_and_failure(tmp_path):
-    src = write(tmp_path / 'src.txt', 'payload ' * 1000)
-    dest = str(tmp_path / 'dl' / 'got.txt')
-    assert data.fetch('file://' + src, dest, quiet=True) == dest
-    assert open(dest).read() == open(src).read() and not os.path.exists(dest + '.part')
-    os.remove(src)
-    assert data.fetch('file://' + src, dest, quiet=True) == dest  # present: not fetched again
-    with pytest.raises(DataError) as e:
-        data.fetch('https://example.com/big.zip', str(tmp_path / 'dl' / 'big.zip'), quiet=True)
-    assert 'https://example.com/big.zip' in str(e.value) and 'big.zip' in str(e.value) and '--input' in str(e.value)
-
-
-def test_fetch_resumes_with_range(tmp_path):
-    body, ranges = bytes(range(256)) * 400, []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            start = int(self.headers['Range'].split('=')[1].rstrip('-')) if self.headers['Range'] else 0
-            ranges.append(self.headers['Range'])
-            self.send_response(206 if start else 200)
-            self.send_header('Content-Length', str(len(body) - start))
-            self.end_headers()
-            self.wfile.write(body[start:])
-
-        def log_message(self, *a):
-            pass
-    server = http.server.HTTPServer(('127.0.0.1', 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        dest = str(tmp_path / 'file.bin')
-        with open(dest + '.part', 'wb') as f:
-            f.write(body[:30000])  # an interrupted earlier download
-        data.fetch(f'http://127.0.0.1:{server.server_port}/file.bin', dest, quiet=True)
-    finally:
-        server.shutdown()
-    assert ranges == ['bytes=30000-'] and open(dest, 'rb').read() == body
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+    """200k random byte tokens, written by hand, for the batch tests (random: every window differs)."""
+    d = str(tmp_path_factory.mktemp('corpus'))
+    make_dataset(d, 'corpus', np.random.default_rng(0).integers(0, 256, 200_000))
+    return d
 
 # -----------------------------------------------------------------------------
 # loading: every broken state is a DataError that names the file
@@ -312,7 +53,7 @@ def test_dtype_choice_and_uint32(tmp_path):
 
 
 def test_not_prepared(tmp_path):
-    with pytest.raises(DataError, match=r"'pydocs' is not prepared.*python data.py pydocs --data_dir="):
+    with pytest.raises(DataError, match=r"'pydocs' is not prepared.*python prepare.py pydocs --data_dir="):
         load_tokens(str(tmp_path), 'pydocs', 'train')
     os.makedirs(tmp_path / 'half')
     with pytest.raises(DataError, match=r'meta.json is missing.*interrupted'):
@@ -365,8 +106,8 @@ def test_split_too_short_for_block(tmp_path):
 # get_batch: stateless, deterministic, and the same global batch for any process layout
 
 
-def test_get_batch_shapes_and_shift(pydocs):
-    tokens = load_tokens(pydocs, 'pydocs', 'train')
+def test_get_batch_shapes_and_shift(corpus):
+    tokens = load_tokens(corpus, 'corpus', 'train')
     x, y = get_batch(tokens, 3, 0, batch_size=4, block_size=32)
     assert x.shape == y.shape == (4, 32) and x.dtype == y.dtype == np.int64
     assert (x[:, 1:] == y[:, :-1]).all()
@@ -375,16 +116,16 @@ def test_get_batch_shapes_and_shift(pydocs):
     assert (x == np.stack([ar[o:o + 32] for o in offsets])).all() and (y == np.stack([ar[o + 1:o + 33] for o in offsets])).all()
 
 
-def test_get_batch_deterministic_and_varies_by_step(pydocs):
-    tokens = load_tokens(pydocs, 'pydocs', 'train')
+def test_get_batch_deterministic_and_varies_by_step(corpus):
+    tokens = load_tokens(corpus, 'corpus', 'train')
     a, b = get_batch(tokens, 7, 0, 8, 16), get_batch(tokens, 7, 0, 8, 16)
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
     assert not (get_batch(tokens, 8, 0, 8, 16)[0] == a[0]).all()
     assert not (get_batch(tokens, 7, 0, 8, 16, seed=1)[0] == a[0]).all()
 
 
-def test_get_batch_same_global_batch_for_any_layout(pydocs):
-    tokens = load_tokens(pydocs, 'pydocs', 'train')
+def test_get_batch_same_global_batch_for_any_layout(corpus):
+    tokens = load_tokens(corpus, 'corpus', 'train')
     for step in (0, 5):
         one_proc = np.concatenate([get_batch(tokens, step, m, 4, 16, grad_accum=2)[0] for m in range(2)])
         two_ranks = np.concatenate([get_batch(tokens, step, 0, 4, 16, rank=r, world_size=2)[0] for r in range(2)])
@@ -434,17 +175,12 @@ def test_fuzz_load_never_crashes(content, tokenizer, vocab, dtype, corrupt, drop
             event(str(e).replace(d, '')[:32])  # `pytest --hypothesis-show-statistics` shows which checks fired
 
 # -----------------------------------------------------------------------------
-# command line
+# the read path stands alone
 
 
-def test_cli_unknown_dataset_exits_2(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(HERE, 'data.py'), 'nonexistent', f'--data_dir={tmp_path}'],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2, r.stderr
-    assert "unknown dataset 'nonexistent'" in r.stderr and 'pydocs' in r.stderr and 'Traceback' not in r.stderr
-
-
-def test_cli_help_lists_datasets():
-    r = subprocess.run([sys.executable, os.path.join(HERE, 'data.py'), '--help'], capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0 and all(n in r.stdout for n in data.DATASETS)
+def test_prepare_command_and_no_preparation_code():
+    assert data.prepare_command('pydocs', 'data') == 'python prepare.py pydocs'
+    assert data.prepare_command('mine', 'other/') == 'python prepare.py mine --input=PATH --data_dir=other/'
+    # training and sampling import data.py only: the preparation code (and tqdm) stay unloaded
+    code = 'import sys, data; assert not {"prepare", "tqdm"} & set(sys.modules), sorted(sys.modules)'
+    subprocess.run([sys.executable, '-c', code], cwd=HERE, check=True, timeout=60)

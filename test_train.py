@@ -18,8 +18,8 @@ import time
 import pytest
 import torch
 
-import data
 import train
+from prepare import prepare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
@@ -31,7 +31,7 @@ TINY = ['--n_layer=4', '--n_embd=32', '--n_head=4', '--block_size=32', '--batch_
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp('data')
-    data.prepare('pydocs', data_dir=str(d), quiet=True)
+    prepare('pydocs', data_dir=str(d), quiet=True)
     return str(d)
 
 
@@ -71,11 +71,13 @@ def assert_same_state(a, b):
     assert a.keys() == b.keys()
     for k in a['model']:
         assert torch.equal(a['model'][k], b['model'][k]), k
-    sa, sb = a['optimizer']['state'], b['optimizer']['state']
-    assert sa.keys() == sb.keys()
-    for i in sa:
-        for k in sa[i]:
-            assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), (i, k)
+    assert len(a['optimizer']) == len(b['optimizer'])
+    for oa, ob in zip(a['optimizer'], b['optimizer']):
+        sa, sb = oa['state'], ob['state']
+        assert sa.keys() == sb.keys()
+        for i in sa:
+            for k in sa[i]:
+                assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), (i, k)
 
 
 def losses(out):
@@ -86,43 +88,12 @@ def losses(out):
 # units
 
 def test_lr_schedule():
-    lr = [train.get_lr(i, 1.0, 10, 100, 0.1) for i in range(120)]
+    c = dict(learning_rate=1.0, warmup_iters=10, lr_decay_iters=100, min_lr=0.1)
+    lr = [train.get_lr(i, c) for i in range(120)]
     assert lr[0] == pytest.approx(1 / 11) and lr[9] == pytest.approx(10 / 11)
     assert lr[10] == pytest.approx(1.0) and lr[100] == pytest.approx(0.1) and lr[119] == 0.1
     assert all(a >= b for a, b in zip(lr[10:], lr[11:]))  # monotone decay after warmup
     assert lr[55] == pytest.approx(0.55)                   # cosine midpoint
-
-
-def test_prune_keeps_last_k(tmp_path):
-    for s in (5, 10, 15, 20):
-        (tmp_path / f'ckpt_step{s:07d}.pt').write_bytes(b'x')
-    (tmp_path / 'ckpt.pt').write_bytes(b'x')
-    train.prune_step_checkpoints(str(tmp_path), 2)
-    assert sorted(os.listdir(tmp_path)) == ['ckpt.pt', 'ckpt_step0000015.pt', 'ckpt_step0000020.pt']
-
-
-def test_atomic_save_failure_keeps_previous(tmp_path, monkeypatch):
-    train.save_checkpoint({'v': torch.ones(3)}, str(tmp_path), ['ckpt_best.pt', 'ckpt.pt'])
-    before = digest(tmp_path / 'ckpt.pt')
-
-    def full_disk(obj, f, *a, **k):
-        f.write(b'partial')
-        raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(torch, 'save', full_disk)
-    with pytest.raises(OSError, match='No space'):
-        train.save_checkpoint({'v': torch.zeros(3)}, str(tmp_path), ['ckpt_best.pt', 'ckpt.pt'])
-    assert digest(tmp_path / 'ckpt.pt') == before and digest(tmp_path / 'ckpt_best.pt') == before
-    assert sorted(os.listdir(tmp_path)) == ['ckpt.pt', 'ckpt_best.pt']  # no temporary file left behind
-    monkeypatch.undo()
-
-    def failing_rename(src, dst):
-        raise OSError(5, 'Input/output error')
-    monkeypatch.setattr(os, 'replace', failing_rename)
-    with pytest.raises(OSError):
-        train.save_checkpoint({'v': torch.zeros(3)}, str(tmp_path), ['ckpt.pt'])
-    monkeypatch.undo()
-    assert torch.equal(load(tmp_path / 'ckpt.pt')['v'], torch.ones(3))
-    assert sorted(os.listdir(tmp_path)) == ['ckpt.pt', 'ckpt_best.pt']
 
 
 # -----------------------------------------------------------------------------
@@ -149,11 +120,11 @@ def test_end_to_end(preset, data_dir, tmp_path):
     assert sorted(os.listdir(out)) == ['ckpt.pt', 'ckpt_best.pt', 'ckpt_step0000020.pt', 'ckpt_step0000030.pt',
                                        'log.jsonl']
     ck = load(os.path.join(out, 'ckpt.pt'))  # weights_only: tensors and plain Python only
-    assert ck['iter_num'] == 30 and ck['config']['model'] == preset
+    assert ck['run']['iter_num'] == 30 and ck['config']['model'] == preset
     assert ck['model_args']['n_layer'] == 4 and ck['model_args']['vocab_size'] == 256
     assert not any(k.startswith(('_orig_mod.', 'module.')) for k in ck['model'])
-    assert {'optimizer', 'rng', 'best_val_loss', 'meta'} <= set(ck)
-    assert ck['best_val_loss'] == min(e['val_loss'] for e in evals[1:])
+    assert {'optimizer', 'rng', 'run', 'meta'} <= set(ck) and ck['version'] == 2
+    assert ck['run']['best_val_loss'] == min(e['val_loss'] for e in evals[1:])
     s = run([f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=30', '--start=def '], data_dir, 'sample.py')
     assert s.returncode == 0, s.stderr
     assert s.stdout.count('def ') >= 2 and s.stdout.count('---------------') == 2
@@ -170,12 +141,12 @@ def test_exact_resume(data_dir, tmp_path):
     full, half = str(tmp_path / 'full'), str(tmp_path / 'half')
     tiny_run(full, data_dir, *RESUME, '--max_iters=20')
     tiny_run(half, data_dir, *RESUME, '--max_iters=10')
-    assert load(os.path.join(half, 'ckpt.pt'))['iter_num'] == 10
+    assert load(os.path.join(half, 'ckpt.pt'))['run']['iter_num'] == 10
     # only what changes is repeated: the rest of the config comes from the checkpoint
     r = tiny_run(half, data_dir, '--init_from=resume', '--max_iters=20')
     assert 'max_iters 10 -> 20' in r.stdout
     a, b = load(os.path.join(full, 'ckpt.pt')), load(os.path.join(half, 'ckpt.pt'))
-    assert a['iter_num'] == b['iter_num'] == 20
+    assert a['run']['iter_num'] == b['run']['iter_num'] == 20
     assert_same_state(a, b)
     assert losses(full) == losses(half)  # identical floats, one record per evaluation, no duplicates
     assert read_log(full, 'diag') == read_log(half, 'diag')
@@ -236,10 +207,10 @@ def test_sigkill_during_save_keeps_previous_checkpoint(data_dir, tmp_path):
     p.wait(timeout=30)
     p.stdout.close(), p.stderr.close()
     ck = load(os.path.join(out, 'ckpt.pt'))
-    assert ck['iter_num'] == 5
+    assert ck['run']['iter_num'] == 5
     assert any(n.startswith('.tmp-') for n in os.listdir(out))  # the half-finished save
     r = tiny_run(out, data_dir, '--init_from=resume', '--max_iters=7')
-    assert 'resuming' in r.stdout and load(os.path.join(out, 'ckpt.pt'))['iter_num'] == 7
+    assert 'resuming' in r.stdout and load(os.path.join(out, 'ckpt.pt'))['run']['iter_num'] == 7
     assert not any(n.startswith('.tmp-') for n in os.listdir(out))  # cleaned up on the next run
 
 
@@ -253,7 +224,7 @@ def test_signal_saves_and_exits_cleanly(sig, data_dir, tmp_path):
     assert p.returncode == 0, stderr
     assert f'stopped by {signal.Signals(sig).name}' in stdout and '--init_from=resume' in stdout, stdout
     ck = load(os.path.join(out, 'ckpt.pt'))
-    assert ck['iter_num'] >= 3 and os.path.exists(os.path.join(out, f"ckpt_step{ck['iter_num']:07d}.pt"))
+    assert ck['run']['iter_num'] >= 3 and os.path.exists(os.path.join(out, f"ckpt_step{ck['run']['iter_num']:07d}.pt"))
     assert 'Traceback' not in stderr
 
 
@@ -295,7 +266,7 @@ def test_disk_full_during_run_is_reported(data_dir, tmp_path, monkeypatch, capsy
     assert rc == 1
     assert 'could not save the checkpoint of step 10' in err and 'No space left on device' in err
     assert f"the previous checkpoint {os.path.join(out, 'ckpt.pt')} (step 5) is intact" in err
-    assert load(os.path.join(out, 'ckpt.pt'))['iter_num'] == 5
+    assert load(os.path.join(out, 'ckpt.pt'))['run']['iter_num'] == 5
     assert not any(n.startswith('.tmp-') for n in os.listdir(out))
 
 
@@ -341,7 +312,7 @@ def test_corrupt_checkpoint_errors(trained, data_dir, tmp_path, damage):
     r = run([f'--out_dir={out}', '--init_from=resume'], data_dir)
     assert r.returncode == 2, r.stderr
     if damage == 'not_ours':
-        assert 'lacks model, model_args, iter_num, config' in r.stderr
+        assert 'lacks model, model_args, run, config' in r.stderr
     else:
         assert f"checkpoint {path} cannot be read" in r.stderr, r.stderr
     assert '--resume_from=' in r.stderr and 'ckpt_step0000010.pt' in r.stderr  # points at what survives
@@ -360,7 +331,7 @@ def test_resume_from_other_checkpoint(trained, data_dir, tmp_path):
     r = tiny_run(out, data_dir, '--init_from=resume', f"--resume_from={os.path.join(out, 'ckpt_step0000005.pt')}",
                  '--max_iters=12')
     assert 'at step 5' in r.stdout
-    assert load(os.path.join(out, 'ckpt.pt'))['iter_num'] == 12
+    assert load(os.path.join(out, 'ckpt.pt'))['run']['iter_num'] == 12
     assert [e['iter'] for e in read_log(out)] == [0, 5, 10, 12]  # the old step-10 record was replaced
 
 
@@ -402,3 +373,105 @@ def test_data_errors(trained, data_dir, tmp_path):
     r = run([f'--out_dir={tmp_path / "new"}', f'--data_dir={other}', *TINY], data_dir)
     assert r.returncode == 2 and 'train.bin' in r.stderr and 'truncated' in r.stderr, r.stderr
     assert 'Traceback' not in r.stderr and not (tmp_path / 'new').exists()
+
+
+# -----------------------------------------------------------------------------
+# first tries that are never refused: short runs, torchrun with the defaults, wandb
+
+def test_short_run_needs_no_warmup_flag_but_an_explicit_long_warmup_is_refused(data_dir, tmp_path):
+    args = [a for a in TINY if not a.startswith('--warmup_iters')]
+    r = run([f'--out_dir={tmp_path / "a"}', *args, '--max_iters=20'], data_dir)
+    assert r.returncode == 0, r.stderr
+    lrs = [e['lr'] for e in read_log(str(tmp_path / 'a'))]
+    assert lrs[0] == pytest.approx(3e-3 / 3)        # warmup min(100, 20 // 10) = 2 steps: lr (0+1)/(2+1)
+    r = run([f'--out_dir={tmp_path / "b"}', *args, '--max_iters=20', '--warmup_iters=100'], data_dir)
+    assert r.returncode == 2 and 'warmup_iters=100 is more than max_iters=20' in r.stderr
+    assert not (tmp_path / 'b').exists()
+
+
+@pytest.mark.parametrize('nproc', [2, 4])
+def test_torchrun_with_the_default_accumulation(nproc, data_dir, tmp_path):
+    """No --gradient_accumulation_steps: one micro-batch per process, whatever the world size."""
+    out = str(tmp_path / 'out')
+    tiny_run(out, data_dir, '--model=espa-skip', '--max_iters=3', '--eval_interval=3', nproc=nproc, timeout=400)
+    evals = read_log(out)
+    assert [e['iter'] for e in evals] == [0, 3]
+    assert evals[-1]['tokens'] == 3 * 4 * 32 * nproc
+    assert len(load(os.path.join(out, 'ckpt.pt'))['rng']) == nproc
+
+
+def test_wandb_offline_logs_what_log_jsonl_holds(data_dir, tmp_path, monkeypatch):
+    wandb = pytest.importorskip('wandb', reason='wandb is optional; .ci/run installs it')
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    sent, real_log = [], wandb.sdk.wandb_run.Run.log           # every logged dict passes here, on to wandb
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, 'log',
+                        lambda self, d, step=None, **k: (sent.append((step, dict(d))), real_log(self, d, step=step, **k)))
+    out = str(tmp_path / 'out')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = train.main([f'--data_dir={data_dir}', f'--out_dir={out}', *TINY, '--max_iters=6', '--eval_interval=3',
+                         '--wandb_log=True', '--wandb_run_name=test'])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    assert [(e['iter'], e['train_loss'], e['val_loss'], e['lr']) for e in read_log(out)] == \
+        [(step, d['train/loss'], d['val/loss'], d['lr']) for step, d in sent]
+    assert any(n.startswith('offline-run-') for n in os.listdir(os.path.join(out, 'wandb')))   # wandb really ran
+
+
+def test_wandb_missing_is_a_clear_error_before_anything_is_written(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'wandb', None)      # `import wandb` now raises ImportError
+    rc = train.main([f'--data_dir={data_dir}', f'--out_dir={tmp_path / "out"}', *TINY, '--wandb_log=True'])
+    assert rc == 2 and 'pip install wandb' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+
+
+# -----------------------------------------------------------------------------
+# Muon: the same loop, schedule, checkpoints and exact resume as AdamW
+
+MUON = ['--model=espa', '--optimizer=muon', '--muon_lr=0.2', '--eval_interval=5', '--lr_decay_iters=20',
+        '--gradient_accumulation_steps=2', '--dropout=0.1']
+
+
+def test_muon_trains_and_resumes_exactly(data_dir, tmp_path):
+    full, half = str(tmp_path / 'full'), str(tmp_path / 'half')
+    tiny_run(full, data_dir, *MUON, '--max_iters=20')
+    evals = read_log(full)
+    assert evals[-1]['val_loss'] < evals[0]['val_loss'] - 0.5, evals
+    ck = load(os.path.join(full, 'ckpt.pt'))
+    assert len(ck['optimizer']) == 2 and all('momentum_buffer' in s for s in ck['optimizer'][1]['state'].values())
+    tiny_run(half, data_dir, *MUON, '--max_iters=10')
+    tiny_run(half, data_dir, '--init_from=resume', '--max_iters=20')
+    assert_same_state(ck, load(os.path.join(half, 'ckpt.pt')))
+    assert losses(full) == losses(half)
+
+
+@pytest.mark.parametrize('args, pattern', [
+    (['--optimizer=muon', '--muon_lr=0'], r'muon_lr must be > 0'),
+    (['--optimizer=muon', '--muon_lr=-1e-2'], r'muon_lr must be > 0'),
+    (['--optimizer=lion'], r"optimizer must be one of adamw, muon \(got 'lion'\)"),
+    (['--optimizer=muon', '--muon_adjust_lr=sqrt'], r'muon_adjust_lr must be one of original, match_rms_adamw'),
+    (['--optimizer=muon', '--muon_momentum=1.0'], r'muon_momentum must be in \[0, 1\)'),
+])
+def test_muon_config_errors(args, pattern, data_dir, tmp_path):
+    r = run([f'--out_dir={tmp_path / "out"}', *TINY, *args], data_dir)
+    assert r.returncode == 2 and re.search(pattern, r.stderr), r.stderr
+    assert not (tmp_path / 'out').exists()
+
+
+def test_resuming_an_adamw_run_with_muon_is_refused(trained, data_dir, tmp_path):
+    out = str(tmp_path / 'out')
+    shutil.copytree(trained, out)
+    r = run([f'--out_dir={out}', '--init_from=resume', '--optimizer=muon', '--max_iters=12'], data_dir)
+    assert r.returncode == 2 and 'was the run trained with another --optimizer' in r.stderr, r.stderr
+
+
+def test_a_two_layer_model_trains_and_says_which_tat_target_it_uses(data_dir, tmp_path):
+    args = [a for a in TINY if not a.startswith('--n_layer')]
+    r = tiny_run(str(tmp_path / 'out'), data_dir, *args, '--model=espa', '--n_layer=2', '--max_iters=3', '--eval_interval=3')
+    notes = [l for l in r.stdout.splitlines() if l.startswith('TAT:')]
+    assert len(notes) == 1 and 'eta=0.5 is out of reach for 2 blocks' in notes[0] and 'eta=0.4937' in notes[0]
+    r = tiny_run(str(tmp_path / 'deep'), data_dir, '--model=espa', '--max_iters=3', '--eval_interval=3')   # 4 blocks: reachable
+    assert 'TAT:' not in r.stdout
