@@ -6,12 +6,17 @@ standard or signal-preserving attention, with or without skips, with or without 
     model = GPT(config)
     logits, loss = model(idx, targets)
 
-The math (schedules, attention matrices, TAT slopes, kernel prediction) lives in spa.py; this file
-only turns it into modules. Special initialisations are applied where each module is built and no
-generic re-init pass runs afterwards, so nothing overwrites them (the nanoGPT pitfall).
+    python model.py --model=vanilla --measure  # the kernel layer by layer: predicted, and measured at init
+
+The math lives in spa.py. The model asks it once for a plan in plain numbers (signal_plan: every
+layer's bias constants and rescaling, the skip weights, the TAT slope) and hands each module its
+share. Special initialisations are applied where each module is built and no generic re-init pass
+runs afterwards, so nothing overwrites them (the nanoGPT pitfall). Section numbers: MATH.md.
 """
 import difflib
 import math
+import re
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
 import torch
@@ -28,6 +33,7 @@ except ImportError:
 CHOICES = dict(attn=('softmax', 'vskipinit', 'uspa', 'espa'), norm=('layernorm', 'postln', 'none'),
                act=('gelu', 'relu', 'tat'), pos=('learned', 'none'), init=('gpt2', 'spa'),
                block_lr_rule=('global', 'depth'))
+Q_CORRECT_MAX_WORK = 2 ** 28   # n_layer * T^2 of the kernel prediction behind q_correct: about 12 s on 2 CPU cores
 
 @dataclass
 class GPTConfig:
@@ -46,7 +52,7 @@ class GPTConfig:
     init: str = 'gpt2'          # 'gpt2': N(0, 0.02) | 'spa': W_Q = 0, orthogonal W_K, W_V, W_O, scaled-orthogonal MLP
     gamma_L: float = 0.05       # E-SPA: decay rate of the last layer's kernel exp(-gamma_L |i - j|)
     rho_L: float = 0.3          # U-SPA: token correlation of the last layer's kernel
-    eta: float = 0.5            # TAT: C-map of the MLP chain sends correlation 0 to eta
+    eta: float = 0.5            # TAT: the network's MLP C-map sends 0 to eta (or as close as it can, sec. 6)
     skip_beta: float = None     # weighted skips without norm: beta; None -> beta^2 = 1 / n_layer (sec. 8)
     q_correct: bool = False     # E-SPA/U-SPA: pick D_l so the predicted q values stay 1 (sec. 7, ours)
     tie_weights: bool = True    # readout shares the token embedding (GPT-2)
@@ -71,22 +77,32 @@ class GPTConfig:
             spa.espa_gammas(self.n_layer, self.gamma_L)   # raise the spa.py messages early
         if self.attn == 'uspa':
             spa.uspa_rhos(self.n_layer, self.rho_L)
-        spa.mlp_slope(self)
+        if self.act == 'tat' and not 0.0 < self.eta < 1.0:
+            raise ValueError(f"eta must be in (0, 1) (got {self.eta}): the correlation TAT lets the MLPs reach from 0")
+        work = self.n_layer * self.block_size ** 2
+        if self.q_correct and self.attn in spa.SHAPED and work > Q_CORRECT_MAX_WORK:
+            raise ValueError(f"q_correct=True predicts the T x T kernel through every layer when the model is built "
+                             f"(time ~ n_layer * T^2; about 6 s at n_layer=36, T=2048 on 2 CPU cores). n_layer="
+                             f"{self.n_layer} x block_size={self.block_size}^2 is {work / Q_CORRECT_MAX_WORK:.1f}x "
+                             f"the limit of n_layer * T^2 <= 2^28. Use q_correct=False (every preset's default), "
+                             f"or a smaller block_size or n_layer.")
 
-# The paper's variants. Every vanilla model (no skips, no normalisation) shares one recipe and
-# differs only in its attention: that makes 'vanilla' a fair rank-collapse control (sec. 10).
+# The paper's variants and two controls. Every vanilla model (no skips, no normalisation) shares one
+# recipe and differs only in its attention: that makes 'vanilla' a fair rank-collapse control (sec. 10).
+_PRELN = dict(attn='softmax', skip=True, norm='layernorm', act='gelu', init='gpt2', pos='learned',
+              tie_weights=True, final_norm=True, block_lr_rule='global')
 _VANILLA = dict(skip=False, norm='none', act='tat', init='spa', tie_weights=False, final_norm=False,
                 block_lr_rule='depth')
 _NO_NORM_SKIP = dict(_VANILLA, skip=True, block_lr_rule='global')
 PRESETS = {
-    'preln': dict(attn='softmax', skip=True, norm='layernorm', act='gelu', init='gpt2', pos='learned',
-                  tie_weights=True, final_norm=True, block_lr_rule='global'),
-    'postln': dict(attn='softmax', skip=True, norm='postln', act='gelu', init='gpt2', pos='learned',
-                   tie_weights=True, final_norm=False, block_lr_rule='global'),
+    'preln': _PRELN,
+    'preln-espa': dict(_PRELN, attn='espa', pos='none'),     # control: E-SPA's locality prior in a standard block
+    'postln': dict(_PRELN, norm='postln', final_norm=False),
     'vanilla': dict(_VANILLA, attn='softmax', pos='learned'),
     'vskipinit': dict(_VANILLA, attn='vskipinit', pos='learned'),
     'uspa': dict(_VANILLA, attn='uspa', pos='learned'),
     'espa': dict(_VANILLA, attn='espa', pos='none'),
+    'softmax-skip': dict(_NO_NORM_SKIP, attn='softmax', pos='learned'),  # control: skips, no norm, plain attention
     'vskipinit-skip': dict(_NO_NORM_SKIP, attn='vskipinit', pos='learned'),
     'uspa-skip': dict(_NO_NORM_SKIP, attn='uspa', pos='learned'),
     'espa-skip': dict(_NO_NORM_SKIP, attn='espa', pos='none'),
@@ -103,6 +119,61 @@ def config_for(model='espa', **overrides):
             close = difflib.get_close_matches(key, names, n=3)
             raise ValueError(f"unknown model setting {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
     return GPTConfig(**{**PRESETS[model], **{k: v for k, v in overrides.items() if v is not None}})
+
+# -----------------------------------------------------------------------------
+# what the modules take from spa.py: one plan per model, in plain numbers
+
+def skip_weights(config):
+    return spa.skip_weights(config.skip, config.norm, config.n_layer, config.skip_beta)
+
+def tat_target(config):
+    """(slope, eta reached) of the TAT activation, solved for the network as built: each block maps
+    c -> w^2 c + (1 - w^2) C(c) with w^2 = alpha^2 / (alpha^2 + beta^2) its skip's share (0 without
+    skips). Where eta is out of reach (few blocks, or weighted skips that keep the network nearly
+    linear) the closest reachable target is used: plain ReLU's, slope 0 (ours, sec. 6)."""
+    if config.act != 'tat':
+        return 0.0, None
+    alpha, beta = skip_weights(config)
+    w2 = alpha * alpha / (alpha * alpha + beta * beta)
+    a, b = math.sqrt(w2), math.sqrt(1.0 - w2)
+    eta = min(config.eta, spa.tat_max_eta(config.n_layer, a, b))
+    return spa.tat_slope(config.n_layer, eta, a, b), eta
+
+def tat_note(config):
+    """One line for the user when the TAT target asked for is not the one built, else None."""
+    slope, eta = tat_target(config)
+    if eta is None or eta >= config.eta:
+        return None
+    where = 'without skips' if not config.skip else f'with skip weights {skip_weights(config)[0]:.3f}/{skip_weights(config)[1]:.3f}'
+    return (f"TAT: eta={config.eta} is out of reach for {config.n_layer} blocks {where}; using the largest "
+            f"reachable target eta={eta:.4f} (plain ReLU, slope 0)")
+
+def predictor_args(config):
+    """The model at init as spa.propagate_kernels sees it, in plain numbers: skip weights, TAT slope,
+    and how much each initialised linear map scales a kernel (1 for orthogonal weights; std^2 * fan_in
+    for GPT-2's N(0, 0.02), output projections 0.02 / sqrt(2L))."""
+    alpha, beta = skip_weights(config)
+    d, L = config.n_embd, config.n_layer
+    if config.init == 'gpt2':
+        gains = (0.02 ** 2 * d, 0.02 ** 2 / (2 * L) * d, 0.02 ** 2 * d, 0.02 ** 2 / (2 * L) * 4 * d)
+        embed_var = 0.02 ** 2 * (2 if config.pos == 'learned' else 1)   # token (+ position) embeddings
+    else:
+        gains, embed_var = (1.0, 1.0, 1.0, 1.0), 1.0                   # q = 1 after the embedding
+    return dict(n_layer=L, attn=config.attn, alpha=alpha, beta=beta, norm=config.norm, act=config.act,
+                slope=tat_target(config)[0], gains=gains, embed_var=embed_var, gamma_L=config.gamma_L,
+                rho_L=config.rho_L, q_correct=config.q_correct)
+
+def signal_plan(config):
+    """Everything the blocks need from spa.py, computed once: skip weights, the TAT slope, and per layer
+    the numbers of its attention bias and the rescaling D_l (q-corrected from the predicted kernel
+    when asked, sec. 7)."""
+    alpha, beta = skip_weights(config)
+    layers = spa.attention_layers(config.attn, config.n_layer, config.block_size, config.gamma_L, config.rho_L)
+    if config.q_correct and config.attn in spa.SHAPED:
+        args = predictor_args(config)
+        D = spa.q_corrected_rescalings(config.block_size, **{k: v for k, v in args.items() if k != 'q_correct'})
+        layers = [(params, d) for (params, _), d in zip(layers, D)]
+    return dict(alpha=alpha, beta=beta, slope=tat_target(config)[0], layers=layers)
 
 # -----------------------------------------------------------------------------
 # initialisation, in one place, applied by each module as it is built
@@ -146,7 +217,8 @@ def _causal_block_mask(T, device):
 class Attention(nn.Module):
     impl = 'auto'  # 'auto': FlexAttention in a compiled model on GPU, else SDPA + float bias; 'flex' | 'sdpa' to force
 
-    def __init__(self, config, layer, rescale=None):
+    def __init__(self, config, params=None, rescale=None):
+        """params, rescale: this layer's numbers from spa.attention_layers (E-SPA/U-SPA only)."""
         super().__init__()
         self.n_head, self.variant, self.dropout = config.n_head, config.attn, config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
@@ -157,26 +229,20 @@ class Attention(nn.Module):
             # Attn = (alpha I + beta A) V, per head; alpha = 1, beta = 0: an orthogonal map at init (sec. 2)
             self.alpha = nn.Parameter(torch.ones(config.n_head))
             self.beta = nn.Parameter(torch.zeros(config.n_head))
-        if self.variant in ('espa', 'uspa'):
-            # float64 buffers derived from the config, so not saved: the U-SPA vectors cancel badly in
-            # float32. rescale is D_l, the location-dependent rescaling of the softmax output (sec. 3).
-            T, L = config.block_size, config.n_layer
-            if rescale is None:
-                rescale = spa.attention_rescalings(config, T)[layer - 1]
-            if self.variant == 'espa':
-                gammas = spa.espa_gammas(L, config.gamma_L)
-                self.espa_consts = spa.espa_bias_constants(gammas[layer - 1], gammas[layer])
-            else:
-                rhos = spa.uspa_rhos(L, config.rho_L)
-                for name, vec in zip(('uspa_diag', 'uspa_u', 'uspa_v'), spa.uspa_factors(rhos[layer - 1], rhos[layer], T)):
-                    self.register_buffer(name, torch.tensor(vec, dtype=torch.float64), persistent=False)
+        if self.variant == 'espa':
+            self.espa_consts = tuple(params)   # four floats: log A_l is analytic in (i, j)
+        if self.variant == 'uspa':
+            # float64 buffers derived from the config, so not saved: the U-SPA vectors cancel badly in float32
+            for name, vec in zip(('uspa_diag', 'uspa_u', 'uspa_v'), params):
+                self.register_buffer(name, torch.tensor(vec, dtype=torch.float64), persistent=False)
+        if self.variant in spa.SHAPED:   # D_l, the location-dependent rescaling of the softmax output (sec. 3)
             self.register_buffer('rescale', torch.tensor(rescale, dtype=torch.float64), persistent=False)
 
     def log_bias(self, i, j):
         """log A_l(i, j) on and below the diagonal, from the same spa.py formula as the reference."""
         if self.variant == 'espa':
             return spa.espa_log_bias(i, j, self.espa_consts, torch.where)
-        return spa.uspa_log_bias(i.long(), j.long(), self.uspa_diag, self.uspa_u, self.uspa_v, torch.where, torch.log)
+        return spa.uspa_log_bias(i.long(), j.long(), (self.uspa_diag, self.uspa_u, self.uspa_v), torch.where, torch.log)
 
     def score_mod(self, score, b, h, q_idx, kv_idx):
         return score + self.log_bias(q_idx, kv_idx).to(score.dtype)
@@ -211,7 +277,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
         p = self.dropout if self.training else 0.0
-        if self.variant in ('espa', 'uspa'):
+        if self.variant in spa.SHAPED:
             y = self.shaped_attention(q, k, v) * self.rescale[:T, None].to(q.dtype)
         else:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
@@ -221,11 +287,10 @@ class Attention(nn.Module):
         return F.dropout(self.c_proj(y), p, self.training)
 
 class MLP(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, slope=0.0):
         super().__init__()
         self.act, self.dropout = config.act, config.dropout
-        self.slope = spa.mlp_slope(config)
-        self.scale = spa.tat_scale(self.slope)
+        self.slope, self.scale = slope, spa.tat_scale(slope)
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         init_linear(self.c_fc, config, 'fc')
@@ -244,19 +309,23 @@ class MLP(nn.Module):
         return F.dropout(self.c_proj(h), self.dropout, self.training)
 
 class Block(nn.Module):
-    def __init__(self, config, layer, rescale=None):
+    def __init__(self, config, plan, layer):
+        """plan: signal_plan(config); layer: 0-based index into its per-layer numbers."""
         super().__init__()
-        self.norm = config.norm
-        self.alpha, self.beta = spa.skip_weights(config)   # (0, 1): no skip
+        self.norm, self.alpha, self.beta = config.norm, plan['alpha'], plan['beta']   # (0, 1): no skip
         make_norm = (lambda: nn.LayerNorm(config.n_embd, bias=config.bias)) if config.norm != 'none' else nn.Identity
         self.ln_1, self.ln_2 = make_norm(), make_norm()
-        self.attn = Attention(config, layer, rescale)
-        self.mlp = MLP(config)
+        self.attn = Attention(config, *plan['layers'][layer])
+        self.mlp = MLP(config, plan['slope'])
 
     def sublayer(self, x, f, ln):
-        h = f(ln(x)) if self.norm == 'layernorm' else f(x)
-        out = self.alpha * x + self.beta * h if self.alpha else h
-        return ln(out) if self.norm == 'postln' else out
+        if not self.alpha:                 # no skip
+            return ln(f(x)) if self.norm == 'postln' else f(ln(x))
+        if self.norm == 'layernorm':       # Pre-LN: the plain residual, no weights to multiply by
+            return x + f(ln(x))
+        if self.norm == 'postln':
+            return ln(x + f(x))
+        return self.alpha * x + self.beta * f(x)   # weighted skips without norm (sec. 8)
 
     def forward(self, x):
         return self.sublayer(self.sublayer(x, self.attn, self.ln_1), self.mlp, self.ln_2)
@@ -269,10 +338,8 @@ class GPT(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos == 'learned' else None
-        # D_l for every layer at once: the q-corrected ones need one kernel propagation through the model
-        shaped = config.attn in ('espa', 'uspa')
-        rescalings = spa.attention_rescalings(config, config.block_size) if shaped else [None] * config.n_layer
-        self.h = nn.ModuleList([Block(config, l + 1, rescalings[l]) for l in range(config.n_layer)])
+        plan = signal_plan(config)
+        self.h = nn.ModuleList([Block(config, plan, l) for l in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias) if config.final_norm else nn.Identity()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         with torch.no_grad():
@@ -288,31 +355,40 @@ class GPT(nn.Module):
             else:
                 self.lm_head.weight.normal_(0.0, 0.02)
 
-    def hidden_states(self, idx):
-        """The embedding output and every block's output: n_layer + 1 tensors (B, T, n_embd)."""
+    def embed(self, idx):
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(T, device=idx.device))
-        states = [F.dropout(x, self.config.dropout, self.training)]
+        return F.dropout(x, self.config.dropout, self.training)
+
+    def hidden_states(self, idx):
+        """The embedding output and every block's output: n_layer + 1 tensors (B, T, n_embd)."""
+        states = [self.embed(idx)]
         for block in self.h:
             states.append(block(states[-1]))
         return states
 
     def forward(self, idx, targets=None):
-        x = self.ln_f(self.hidden_states(idx)[-1])
+        x = self.embed(idx)
+        for block in self.h:
+            x = block(x)
+        x = self.ln_f(x)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None   # generation only needs the last position
         logits = self.lm_head(x)
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with groups by role, not by ndim: Linear and Embedding weights decay; biases,
-        LayerNorm weights and attention gains never do. With block_lr_rule='depth', everything
-        inside the blocks trains at lr / n_layer: with 2L weight matrices in series, each moving
-        its own share keeps the end-to-end change bounded (sec. 10). Each group carries 'lr_scale'."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw',
+                             muon_lr=0.02, muon_momentum=0.95, muon_adjust_lr='original'):
+        """A list of optimizers over parameter groups by role, not by ndim. Linear and Embedding weights
+        decay; biases, LayerNorm weights and attention gains never do. With block_lr_rule='depth',
+        everything inside the blocks trains at lr / n_layer: with 2L weight matrices in series, each
+        moving its own share keeps the end-to-end change bounded (sec. 10). optimizer='muon': the 2-D
+        weights inside the blocks train with torch.optim.Muon at muon_lr (the same depth rule), the
+        rest with AdamW (sec. 10). Each group carries 'lr_scale': its lr is the schedule's lr times it."""
         block_scale = 1.0 / self.config.n_layer if self.config.block_lr_rule == 'depth' else 1.0
         groups, seen = {}, set()
         for mname, module in self.named_modules():
@@ -320,12 +396,21 @@ class GPT(nn.Module):
                 if id(p) in seen or not p.requires_grad:
                     continue
                 seen.add(id(p))
+                in_block = mname.startswith('h.')
+                muon = optimizer == 'muon' and in_block and p.dim() == 2
                 decay = isinstance(module, (nn.Linear, nn.Embedding)) and pname == 'weight'
-                scale = block_scale if mname.startswith('h.') else 1.0
-                groups.setdefault((decay, scale), []).append(p)
-        param_groups = [dict(params=ps, weight_decay=weight_decay if decay else 0.0, lr_scale=scale,
-                             lr=learning_rate * scale) for (decay, scale), ps in sorted(groups.items())]
-        return torch.optim.AdamW(param_groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')
+                scale = (muon_lr / learning_rate if muon else 1.0) * (block_scale if in_block else 1.0)
+                groups.setdefault((muon, decay, scale), []).append(p)
+        make = lambda muon: [dict(params=ps, weight_decay=weight_decay if decay else 0.0, lr_scale=scale,
+                                  lr=learning_rate * scale) for (m, decay, scale), ps in sorted(groups.items()) if m == muon]
+        optimizers = [torch.optim.AdamW(make(False), lr=learning_rate, betas=betas, fused=device_type == 'cuda')]
+        if optimizer == 'muon':
+            if not hasattr(torch.optim, 'Muon'):
+                raise ValueError(f"optimizer='muon' needs torch.optim.Muon, which arrived in torch 2.9; this is "
+                                 f"torch {torch.__version__}. Upgrade torch, or use optimizer='adamw'.")
+            optimizers.append(torch.optim.Muon(make(True), lr=muon_lr, momentum=muon_momentum,
+                                               adjust_lr_fn=muon_adjust_lr))
+        return optimizers
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -349,7 +434,7 @@ class GPT(nn.Module):
             stats['corr'].append(round(mean_correlation(K), 5))
             stats['rms'].append(round(q.mean().sqrt().item(), 5))
             stats['q_max'].append(round(q.max().item(), 5))
-        for l, block in enumerate(self.h, 1):
+        for block in self.h:
             if block.attn.variant == 'vskipinit':
                 stats.setdefault('alpha', []).append(round(block.attn.alpha.mean().item(), 5))
                 stats.setdefault('beta', []).append(round(block.attn.beta.mean().item(), 5))
@@ -367,7 +452,7 @@ class GPT(nn.Module):
         return idx
 
 # -----------------------------------------------------------------------------
-# measuring the kernel (sec. 1) and the device's peak for MFU
+# measuring the kernel (sec. 1), next to spa.py's prediction
 
 def token_kernel(h):
     """Sigma = X X^T / d per sequence, averaged over the batch: (T, T), float64."""
@@ -391,6 +476,38 @@ def measure_kernels(config, T, batch_size=8, seed=0):
     idx = torch.stack([torch.randperm(config.vocab_size)[:T] for _ in range(batch_size)])
     return [token_kernel(h).numpy() for h in model.hidden_states(idx)]
 
+def predict_kernels(config, T, sigma0=None):
+    """spa.predict_kernels for this model at init: n_layer + 1 T x T arrays."""
+    return spa.predict_kernels(T, sigma0=sigma0, **predictor_args(config))
+
+# -----------------------------------------------------------------------------
+# where the model runs: device, dtype, the device's peak for MFU (one rule for train, sample, bench)
+
+def device_and_dtype(device='auto', dtype='auto'):
+    """(device, dtype name, autocast context). 'auto' is cuda when torch sees a GPU, else cpu; bfloat16
+    on a GPU that has it, else float32. ValueError with what to do when the asked-for one is missing."""
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps (got {device!r})")
+    if device.startswith('cuda'):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device} was asked for, but torch {torch.__version__} sees no CUDA GPU; "
+                             f"use --device=cpu or --device=auto")
+        if ':' in device and int(device.split(':')[1]) >= torch.cuda.device_count():
+            raise ValueError(f"device={device}, but there are {torch.cuda.device_count()} CUDA devices")
+    if device == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError("device=mps was asked for, but MPS is not available; use --device=cpu")
+    kind = device.split(':')[0]
+    if dtype == 'auto':
+        dtype = 'bfloat16' if kind == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16 (got {dtype!r})")
+    if dtype == 'float16' and kind != 'cuda':
+        raise ValueError("dtype=float16 needs a CUDA GPU (it trains with a loss scaler); use bfloat16 or float32")
+    ptdtype = dict(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)[dtype]
+    return device, dtype, nullcontext() if dtype == 'float32' else torch.autocast(kind, dtype=ptdtype)
+
 PEAK_BF16_FLOPS = {  # dense tensor-core peaks (no sparsity); the first name found in the device name wins
     'H200': 989e12, 'H100': 989e12, 'GH200': 989e12, 'B200': 2250e12, 'A100': 312e12, 'A800': 312e12,
     'L40S': 362e12, 'L40': 181e12, 'A6000': 155e12, 'L4': 121e12, 'A10': 125e12, '4090': 165e12,
@@ -403,3 +520,48 @@ def peak_flops(device):
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+# -----------------------------------------------------------------------------
+# command line: the predicted kernel layer by layer, and with --measure a real model next to it
+
+def kernel_table(argv):
+    """python model.py --model=espa --n_layer=36 --block_size=256 [--measure] [any GPTConfig field]"""
+    import ast
+    args = dict(model='espa', n_layer=None, n_embd=512, n_head=8, block_size=128, batch_size=8, measure=False, seed=0)
+    overrides = {}
+    for arg in argv:
+        key, _, val = arg.lstrip('-').partition('=')
+        try:
+            val = True if val == '' else ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            pass   # a plain string, e.g. --model=espa
+        (args if key in args else overrides)[key] = val
+    config = config_for(args['model'], n_layer=args['n_layer'], n_embd=args['n_embd'], n_head=args['n_head'],
+                        block_size=args['block_size'], **overrides)
+    T = config.block_size
+    predicted = predict_kernels(config, T)
+    measured = measure_kernels(config, T, args['batch_size'], args['seed']) if args['measure'] else None
+    print(f"{args['model']}: attn={config.attn} skip={config.skip} norm={config.norm} act={config.act} "
+          f"n_layer={config.n_layer} T={T}" + (f", measured at width {config.n_embd}, batch {args['batch_size']}" if measured else ""))
+    if tat_note(config):
+        print(tat_note(config))
+    head = f"{'layer':>5} | {'corr (pred)':>11} {'q range (pred)':>18}"
+    print(head + (f" | {'corr (meas)':>11} {'q range (meas)':>18}" if measured else ""))
+    for l, sigma in enumerate(predicted):
+        c, qmin, qmax = spa.kernel_stats(sigma)
+        line = f"{l:>5} | {c:11.4f} {qmin:8.3f} .. {qmax:7.3f}"
+        if measured:
+            c, qmin, qmax = spa.kernel_stats(measured[l])
+            line += f" | {c:11.4f} {qmin:8.3f} .. {qmax:7.3f}"
+        print(line)
+
+if __name__ == '__main__':
+    import sys
+    if '-h' in sys.argv or '--help' in sys.argv:
+        print(kernel_table.__doc__ + '\n  --measure: also measure a fresh model (width n_embd, default 512; batch_size 8; seed 0)')
+        sys.exit(0)
+    try:
+        kernel_table(sys.argv[1:])
+    except (ValueError, TypeError) as e:
+        print(f"model.py: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,19 +1,20 @@
 """
 The signal-propagation math of "Deep Transformers without Shortcuts" (He et al., ICLR 2023).
 
-Pure functions over float64 numpy arrays: kernels, the attention matrices that carry one kernel
-to the next (Value-SkipInit, U-SPA, E-SPA), the TAT leaky-ReLU C-map and slope, and a predictor
-that pushes the infinite-width kernel through a whole model. No nn.Module here: model.py imports
-this file to build its attention biases; nothing here imports model.py (only the command line at
-the bottom does, to measure a real model next to the prediction).
+Pure functions over numbers and float64 numpy arrays: kernels, the attention matrices that carry
+one kernel to the next (Value-SkipInit, U-SPA, E-SPA), the TAT leaky-ReLU C-map and slope, and a
+predictor that pushes the infinite-width kernel through a whole model. Every function takes plain
+numbers (n_layer, T, gamma_L, eta, ...), never a model config, and this file imports nothing of the
+project: model.py asks it for numbers and turns them into modules.
 
-Section numbers (sec. N) refer to ../shared/method.md, which is the contract for this file.
-Positions are 0-indexed in code (the method writes them 1-indexed).
-
-    python spa.py --model=espa --n_layer=36 --block_size=256 [--measure]
+Section numbers (sec. N) refer to MATH.md, the derivations this file implements.
+Positions are 0-indexed in code (MATH.md writes them 1-indexed).
 """
 import math
+
 import numpy as np
+
+SHAPED = ('espa', 'uspa')   # attention realised as softmax(logits + log A_l) times D_l (sec. 3)
 
 # -----------------------------------------------------------------------------
 # sec. 1: kernels and rank collapse
@@ -63,7 +64,7 @@ def _uniform_cholesky(rho, T):
     return b, e, c
 
 def uspa_factors(rho_prev, rho, T):
-    """U-SPA's A_l in O(T) numbers: A(i,i) = diag_i and A(i,j) = u_j + v_i for j < i.
+    """U-SPA's A_l in O(T) numbers: A(i,i) = diag_i and A(i,j) = u_j + v_i for j < i (sec. 4).
     Derived from A = L_l L_{l-1}^{-1} with the column/row structure of _uniform_cholesky.
     u_j + v_i cancels badly in float32 for large rho: sum them in float64."""
     b_prev, e_prev, _ = _uniform_cholesky(rho_prev, T)
@@ -73,10 +74,16 @@ def uspa_factors(rho_prev, rho, T):
     v = -G[:-1] - e * b_prev / e_prev
     return e / e_prev, u, v
 
-def uspa_log_bias(i, j, diag, u, v, where=np.where, log=np.log):
+def uspa_log_bias(i, j, factors, where=np.where, log=np.log):
     """log A_l(i, j) for j <= i from uspa_factors' vectors (float64 in, for the reason above).
     `where`/`log` let model.py evaluate the same formula on torch tensors."""
+    diag, u, v = factors
     return where(j == i, log(diag[i]), log((u[j] + v[i]).clip(min=1e-300)))
+
+def uspa_row_sums(factors):
+    """D_l = rowsum(A_l) in O(T): diag_i + sum_{j<i} u_j + i v_i."""
+    diag, u, v = factors
+    return diag + np.concatenate([[0.0], np.cumsum(u)[:-1]]) + np.arange(len(diag)) * v
 
 def uspa_matrix(rho_prev, rho, T):
     """The T x T U-SPA attention matrix, from the Cholesky factors of the two uniform kernels.
@@ -137,14 +144,62 @@ def espa_matrix(gamma_prev, gamma, T):
         log_A = espa_log_bias(i, j, espa_bias_constants(gamma_prev, gamma))
     return np.where(j <= i, np.exp(np.where(j <= i, log_A, 0.0)), 0.0)
 
-def espa_row_sums(gamma_prev, gamma, T):
+def espa_row_sums(consts, T):
     """D_l = rowsum(A_l) in O(T), summing the geometric series of sec. 5. It is the
     location-dependent rescaling that multiplies the softmax output (sec. 3)."""
-    log_r, log_first, log_off, g = espa_bias_constants(gamma_prev, gamma)
+    log_r, log_first, log_off, g = consts
     k = np.arange(T - 1, dtype=np.float64)                 # k = i - 1 for rows i >= 1
     first = np.exp(log_first - g * k)
     rest = np.exp(log_off) * -np.expm1(-g * k) / -math.expm1(-g)  # sum_{m<k} exp(log_off - g m)
     return np.concatenate([[1.0], first + math.exp(log_r) + rest])
+
+# -----------------------------------------------------------------------------
+# sec. 3-5 together: every layer's attention as numbers, and applied without a T x T matrix
+
+def attention_layers(attn, n_layer, T, gamma_L=0.05, rho_L=0.3):
+    """[(params_l, D_l)] for l = 1..n_layer: the numbers that define log A_l (E-SPA: its four
+    constants; U-SPA: its three length-T vectors) and the row sums D_l that rescale the softmax.
+    For 'softmax' (equal logits at W_Q = 0) and 'vskipinit' (identity at init) there is nothing
+    to carry: (None, None). Causal, so the numbers for T also serve every shorter sequence."""
+    if attn == 'espa':
+        g = espa_gammas(n_layer, gamma_L)
+        consts = [espa_bias_constants(g[l - 1], g[l]) for l in range(1, n_layer + 1)]
+        return [(c, espa_row_sums(c, T)) for c in consts]
+    if attn == 'uspa':
+        r = uspa_rhos(n_layer, rho_L)
+        factors = [uspa_factors(r[l - 1], r[l], T) for l in range(1, n_layer + 1)]
+        return [(f, uspa_row_sums(f)) for f in factors]
+    if attn in ('softmax', 'vskipinit'):
+        return [(None, None)] * n_layer
+    raise ValueError(f"unknown attention {attn!r}: expected 'softmax', 'vskipinit', 'uspa' or 'espa'")
+
+def attend(attn, params, X):
+    """A_l @ X for a T x n array, in O(T n) from the structure of A_l (the T x T matrix is never
+    formed): the designed matrix of each attention at init (W_Q = 0, so logits = bias)."""
+    if attn == 'vskipinit':                  # alpha = 1, beta = 0: the identity (sec. 2)
+        return X.copy()
+    if attn == 'softmax':                    # 1/(i+1) on j <= i: a running mean (sec. 1)
+        return np.cumsum(X, axis=0) / np.arange(1, len(X) + 1)[:, None]
+    before = lambda c: np.concatenate([np.zeros_like(c[:1]), c[:-1]])   # sum over j < i
+    if attn == 'uspa':                       # diag_i x_i + sum_{j<i} u_j x_j + v_i sum_{j<i} x_j
+        diag, u, v = (f[:len(X), None] for f in params)
+        return diag * X + before(np.cumsum(u * X, axis=0)) + v * before(np.cumsum(X, axis=0))
+    if attn == 'espa':   # y_i = r x_i + A(i,0) x_0 + A(i,1+) sum_{1<=j<i} a'^(i-1-j) x_j, a running recurrence
+        log_r, log_first, log_off, g = params
+        r, off, decay = math.exp(log_r), math.exp(log_off), math.exp(-g)
+        Y = np.empty_like(X)
+        Y[0] = X[0]
+        s = np.zeros_like(X[0])
+        for i in range(1, len(X)):
+            Y[i] = r * X[i] + math.exp(log_first - g * (i - 1)) * X[0] + off * s
+            s *= decay
+            s += X[i]
+        return Y
+    raise ValueError(f"unknown attention {attn!r}")
+
+def attention_matrix(attn, params, T):
+    """The T x T matrix A_l, dense: `attend` applied to the identity (for tests and plots)."""
+    return attend(attn, params, np.eye(T))
 
 # -----------------------------------------------------------------------------
 # sec. 6: MLP blocks, TAT with leaky ReLU
@@ -158,28 +213,39 @@ def tat_scale(slope):
     """The output scale of the TAT activation: keeps E[phi(x)^2] = E[x^2]."""
     return math.sqrt(2.0 / (1.0 + slope ** 2))
 
-def tat_chain_c0(slope, n_nonlin):
-    """C-map of a chain of n_nonlin TAT activations, evaluated at c = 0."""
+def tat_c0(slope, n_layer, alpha=0.0, beta=1.0):
+    """C(0) of the whole network's C-map, the quantity TAT fixes (sec. 6, 8): each block maps a
+    correlation c -> alpha^2 c + beta^2 C_s(c), a weighted skip around one MLP nonlinearity (alpha = 0:
+    a plain chain). Attention mixes tokens rather than mapping each pair's correlation, so this
+    network function leaves it out, as TAT's sub-network function does for convolutions (ours)."""
     c = 0.0
-    for _ in range(n_nonlin):
-        c = float(leaky_relu_cmap(c, slope))
+    for _ in range(n_layer):
+        c = alpha * alpha * c + beta * beta * float(leaky_relu_cmap(c, slope))
     return c
 
-def tat_slope(n_nonlin, eta):
-    """The leaky-ReLU slope s for which a chain of n_nonlin activations maps correlation 0 to eta.
-    The chain's C(0) falls from its ReLU value (s = 0) to 0 (s = 1, linear), so bisect."""
+def tat_max_eta(n_layer, alpha=0.0, beta=1.0):
+    """The largest eta any leaky ReLU can reach in this network: plain ReLU (slope 0), the most
+    nonlinear one. Weighted skips keep the network close to linear: with beta^2 = 1/24 and 24 blocks
+    it is about 0.26; a plain chain of 4 nonlinearities reaches 0.681, of 12 0.897."""
+    return tat_c0(0.0, n_layer, alpha, beta)
+
+def tat_slope(n_layer, eta, alpha=0.0, beta=1.0):
+    """The leaky-ReLU slope s for which the network's C-map sends correlation 0 to eta (sec. 6).
+    C(0) falls from its ReLU value (s = 0) to 0 (s = 1, linear), so bisect."""
     if not 0.0 < eta < 1.0:
         raise ValueError(f"eta must be in (0, 1) (got {eta}): it is the correlation TAT lets the "
-                         f"MLP chain reach from 0; the paper uses 0.9.")
-    relu_c0 = tat_chain_c0(0.0, n_nonlin)
-    if relu_c0 < eta:
-        raise ValueError(f"TAT cannot reach eta = {eta} with {n_nonlin} nonlinearities: even plain ReLU "
-                         f"(the most nonlinear leaky ReLU) only gets C(0) = {relu_c0:.3f}. Lower eta "
-                         f"(for example eta = {max(0.05, round(relu_c0 - 0.05, 2))}) or use a deeper model.")
+                         f"MLPs reach from 0; the paper uses 0.9.")
+    relu_c0 = tat_max_eta(n_layer, alpha, beta)
+    if relu_c0 < eta - 1e-12:
+        raise ValueError(f"TAT cannot reach eta = {eta} in {n_layer} blocks (skip weights {alpha:.3g}, "
+                         f"{beta:.3g}): even plain ReLU only gets C(0) = {relu_c0:.3f}. Use eta <= "
+                         f"{relu_c0:.3f} or a deeper model.")
+    if relu_c0 <= eta:
+        return 0.0
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if tat_chain_c0(mid, n_nonlin) > eta else (lo, mid)
+        lo, hi = (mid, hi) if tat_c0(mid, n_layer, alpha, beta) > eta else (lo, mid)
     return 0.5 * (lo + hi)
 
 def _erf(x):
@@ -196,156 +262,94 @@ def activation_kernel(sigma, act, slope=0.0):
     qq = np.sqrt(np.outer(q, q))
     c = np.clip(sigma / qq, -1.0, 1.0)
     if act in ('tat', 'relu'):
+        # qq C_s(c) = sigma + k qq (sqrt(1 - c^2) - c arccos c), written in place: at T = 4096 every
+        # temporary T x T array costs more than the arithmetic
         s = slope if act == 'tat' else 0.0
         gain = 1.0 if act == 'tat' else (1.0 + s * s) / 2.0   # plain ReLU keeps only half of q
-        return qq * leaky_relu_cmap(c, s) * gain
+        c_arccos = np.arccos(c)
+        c_arccos *= c
+        np.multiply(c, c, out=c)
+        np.subtract(1.0, c, out=c)
+        np.sqrt(c, out=c)
+        c -= c_arccos
+        c *= qq
+        c *= (1.0 - s) ** 2 / (math.pi * (1.0 + s ** 2))
+        c += sigma
+        return c * gain if gain != 1.0 else c
     if act == 'gelu':
         x, w = np.polynomial.hermite.hermgauss(24)
         z, w = np.sqrt(2.0) * x, w / np.sqrt(np.pi)
         gelu = lambda t: 0.5 * t * (1.0 + _erf(t / np.sqrt(2.0)))
         f1 = gelu(np.sqrt(q)[:, None] * z[None, :])                                  # (T, n): phi(u_i)
-        z2 = c[..., None, None] * z[:, None] + np.sqrt(1.0 - c * c)[..., None, None] * z[None, :]
-        f2 = gelu(np.sqrt(q)[None, :, None, None] * z2)                               # (T, T, n, n)
-        return np.einsum('ia,ijab,a,b->ij', f1, f2, w, w)
+        rows = []
+        for i in range(len(q)):   # row by row: the (T, n, n) quadrature grid of one row at a time
+            z2 = c[i, :, None, None] * z[:, None] + np.sqrt(1.0 - c[i] * c[i])[:, None, None] * z[None, :]
+            f2 = gelu(np.sqrt(q)[:, None, None] * z2)                                  # (T, n, n)
+            rows.append(np.einsum('a,jab,a,b->j', f1[i], f2, w, w))
+        return np.array(rows)
     raise ValueError(f"unknown activation {act!r}: expected 'tat', 'relu' or 'gelu'")
 
 # -----------------------------------------------------------------------------
-# sec. 7-8: the whole model, at infinite width
+# sec. 7-8: the whole model at infinite width
 
-def _cfg(config, key, default=None):
-    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
-
-def skip_weights(config):
+def skip_weights(skip, norm, n_layer, skip_beta=None):
     """(alpha, beta) of x <- alpha x + beta f(x). Plain residuals (1, 1) next to LayerNorm;
     weighted shortcuts alpha^2 + beta^2 = 1 without it, beta^2 = 1/L by default (sec. 8, ours);
     (0, 1) without skips."""
-    if not _cfg(config, 'skip'):
+    if not skip:
         return 0.0, 1.0
-    if _cfg(config, 'norm') != 'none':
+    if norm != 'none':
         return 1.0, 1.0
-    beta = _cfg(config, 'skip_beta') or 1.0 / math.sqrt(_cfg(config, 'n_layer'))
+    beta = skip_beta or 1.0 / math.sqrt(n_layer)
     return math.sqrt(1.0 - beta * beta), beta
-
-def mlp_slope(config):
-    """The TAT slope of a model: solved for the chain of its n_layer MLP nonlinearities (ours: the
-    paper's exact sub-network function is not public; with skips the network is more linear than
-    that chain, which predict_kernels accounts for)."""
-    return tat_slope(_cfg(config, 'n_layer'), _cfg(config, 'eta')) if _cfg(config, 'act') == 'tat' else 0.0
-
-def _linear_gains(config):
-    """Factor by which each linear map scales the kernel at init: 1 for (scaled) orthogonal weights,
-    std^2 * fan_in for GPT-2's N(0, 0.02) (output projections 0.02 / sqrt(2L))."""
-    if _cfg(config, 'init') != 'gpt2':
-        return dict(qkv=1.0, attn_out=1.0, fc=1.0, mlp_out=1.0)
-    d, L = _cfg(config, 'n_embd'), _cfg(config, 'n_layer')
-    return dict(qkv=0.02 ** 2 * d, attn_out=0.02 ** 2 / (2 * L) * d, fc=0.02 ** 2 * d, mlp_out=0.02 ** 2 / (2 * L) * 4 * d)
-
-def embedding_kernel(config, T):
-    """Kernel after the embedding for T distinct tokens: q I (distinct tokens and positions get
-    independent random vectors). q = 1 for the signal-propagation init."""
-    var = 0.02 ** 2 * (2 if _cfg(config, 'pos') == 'learned' else 1) if _cfg(config, 'init') == 'gpt2' else 1.0
-    return var * np.eye(T)
 
 def _normalize(sigma):
     q = np.sqrt(np.diag(sigma))
     return sigma / np.outer(q, q)
 
-def attention_matrices(config, T, sigma0=None):
-    """The T x T matrix A_l that each layer's attention applies at init (W_Q = 0, so the logits are
-    the bias alone), and the kernels after every block: (list of n_layer A's, list of n_layer + 1 kernels).
-    For E-SPA/U-SPA with q_correct the rescaling D_l is chosen from the predicted incoming kernel
-    so that the attention output has q = 1 exactly (sec. 7, ours)."""
-    L, attn, norm = _cfg(config, 'n_layer'), _cfg(config, 'attn'), _cfg(config, 'norm')
-    alpha, beta = skip_weights(config)
-    gains, slope, act = _linear_gains(config), mlp_slope(config), _cfg(config, 'act')
-    if attn == 'espa':
-        gammas = espa_gammas(L, _cfg(config, 'gamma_L'))
-        designed = [espa_matrix(gammas[l - 1], gammas[l], T) for l in range(1, L + 1)]
-    elif attn == 'uspa':
-        rhos = uspa_rhos(L, _cfg(config, 'rho_L'))
-        designed = [_uspa_dense(rhos[l - 1], rhos[l], T) for l in range(1, L + 1)]
-    elif attn == 'vskipinit':
-        designed = [np.eye(T)] * L                     # alpha = 1, beta = 0 at init (sec. 2)
-    else:
-        designed = [uniform_causal_matrix(T)] * L      # zero logits (exact for W_Q = 0, approximate for GPT-2 init)
+def propagate_kernels(T, n_layer, attn, alpha=0.0, beta=1.0, norm='none', act='tat', slope=0.0,
+                      gains=(1.0, 1.0, 1.0, 1.0), embed_var=1.0, gamma_L=0.05, rho_L=0.3,
+                      q_correct=False, sigma0=None):
+    """Yields (D_l, kernel after block l) for l = 1..n_layer: the infinite-width kernel pushed
+    through the model at init (sec. 7-8), block by block, in O(T^2) per block.
 
-    def residual(sigma, branch):
-        sigma_in = _normalize(sigma) if norm == 'layernorm' else sigma
-        out = alpha ** 2 * sigma + beta ** 2 * branch(sigma_in) if alpha else branch(sigma_in)
-        return _normalize(out) if norm == 'postln' else out
+    gains: how much the init of (W_V, W_O, W_fc, W_mlp_out) scales a kernel (1 for orthogonal
+    weights). norm: 'layernorm' (pre-LN), 'postln' or 'none'. sigma0: the kernel after the
+    embedding (default embed_var * I: distinct tokens get independent random vectors).
+    D_l is the row rescaling of the shaped attentions (None for the others); with q_correct it is
+    re-picked from the predicted incoming kernel so that the attention output has q = 1 exactly
+    (sec. 7, ours)."""
+    g_v, g_o, g_fc, g_out = gains
+    layers = attention_layers(attn, n_layer, T, gamma_L, rho_L)
+    sigma = embed_var * np.eye(T) if sigma0 is None else np.array(sigma0, dtype=np.float64)
+    pre = _normalize if norm == 'layernorm' else (lambda s: s)
 
-    sigma = embedding_kernel(config, T) if sigma0 is None else np.asarray(sigma0, dtype=np.float64)
-    kernels, applied = [sigma], []
-    for A in designed:
-        if _cfg(config, 'q_correct') and attn in ('espa', 'uspa'):
-            P = A / A.sum(1, keepdims=True)            # keep the softmax part, re-pick D_l
-            s_in = gains['qkv'] * (_normalize(sigma) if norm == 'layernorm' else sigma)
-            A = P / np.sqrt(np.einsum('ij,jk,ik->i', P, s_in, P))[:, None] / math.sqrt(gains['qkv'] * gains['attn_out'])
-        applied.append(A)
-        sigma = residual(sigma, lambda s: gains['qkv'] * gains['attn_out'] * A @ s @ A.T)
-        sigma = residual(sigma, lambda s: gains['mlp_out'] * activation_kernel(gains['fc'] * s, act, slope))
-        kernels.append(sigma)
-    return applied, kernels
+    def residual(sigma, branch):   # in place on the branch (a fresh array), to spare T x T temporaries
+        if alpha:
+            branch *= beta * beta
+            branch += alpha * alpha * sigma
+        return _normalize(branch) if norm == 'postln' else branch
 
-def _uspa_dense(rho_prev, rho, T):
-    diag, u, v = uspa_factors(rho_prev, rho, T)
-    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
-    return np.where(j <= i, np.exp(uspa_log_bias(i, j, diag, u, v)), 0.0)
+    for params, D in layers:
+        # attention: Y = A S A^T from two structured products (S symmetric, so (A S)^T = S A^T)
+        Y = attend(attn, params, np.ascontiguousarray(attend(attn, params, g_v * pre(sigma)).T))
+        if q_correct and attn in SHAPED:
+            q = np.diag(Y)
+            D = D / np.sqrt(q * g_o)          # the rows of A_l scaled so that diag = 1 after W_O
+            branch = Y / np.sqrt(np.outer(q, q))
+        else:
+            branch = g_o * Y
+        sigma = residual(sigma, branch)
+        sigma = residual(sigma, g_out * activation_kernel(g_fc * pre(sigma), act, slope))
+        yield D, sigma
 
-def predict_kernels(config, T, sigma0=None):
-    """Infinite-width kernel after the embedding and after each block: n_layer + 1 T x T arrays.
-    config: a GPTConfig or a dict with its fields. sigma0: the kernel after the embedding, when
-    the tokens are not all distinct (pass the measured one)."""
-    return attention_matrices(config, T, sigma0)[1]
+def predict_kernels(T, n_layer, attn, sigma0=None, embed_var=1.0, **block):
+    """The infinite-width kernel after the embedding and after each block: n_layer + 1 T x T
+    arrays (see propagate_kernels for the arguments)."""
+    first = embed_var * np.eye(T) if sigma0 is None else np.asarray(sigma0, dtype=np.float64)
+    return [first] + [k for _, k in propagate_kernels(T, n_layer, attn, sigma0=first, **block)]
 
-def attention_rescalings(config, T):
-    """D_l per layer (float64, length T): the factor multiplying row i of the softmax output.
-    Row sums of the designed A_l, or the q-corrected values (sec. 7)."""
-    if _cfg(config, 'q_correct'):
-        return [A.sum(1) for A in attention_matrices(config, T)[0]]
-    L = _cfg(config, 'n_layer')
-    if _cfg(config, 'attn') == 'espa':
-        g = espa_gammas(L, _cfg(config, 'gamma_L'))
-        return [espa_row_sums(g[l - 1], g[l], T) for l in range(1, L + 1)]
-    r = uspa_rhos(L, _cfg(config, 'rho_L'))
-    out = []
-    for l in range(1, L + 1):
-        diag, u, v = uspa_factors(r[l - 1], r[l], T)
-        out.append(diag + np.concatenate([[0.0], np.cumsum(u)[:-1]]) + np.arange(T) * v)
-    return out
-
-# -----------------------------------------------------------------------------
-# Command line: the predicted kernel layer by layer, and with --measure a real model next to it.
-
-if __name__ == '__main__':
-    import ast
-    import sys
-    from model import config_for, measure_kernels  # only the CLI needs the model (see the docstring)
-    args = dict(model='espa', n_layer=None, n_embd=512, n_head=8, block_size=128, batch_size=8, measure=False, seed=0)
-    overrides = {}
-    for arg in sys.argv[1:]:
-        key, _, val = arg.lstrip('-').partition('=')
-        try:
-            val = True if val == '' else ast.literal_eval(val)
-        except (ValueError, SyntaxError):
-            pass   # a plain string, e.g. --model=espa
-        (args if key in args else overrides)[key] = val
-    try:
-        config = config_for(args['model'], n_layer=args['n_layer'], n_embd=args['n_embd'], n_head=args['n_head'],
-                            block_size=args['block_size'], **overrides)
-    except (ValueError, TypeError) as e:
-        sys.exit(f"spa.py: {e}")
-    T = config.block_size
-    predicted = predict_kernels(config, T)
-    measured = measure_kernels(config, T, args['batch_size'], args['seed']) if args['measure'] else None
-    print(f"{args['model']}: attn={config.attn} skip={config.skip} norm={config.norm} act={config.act} "
-          f"n_layer={config.n_layer} T={T}" + (f", measured at width {config.n_embd}, batch {args['batch_size']}" if measured else ""))
-    head = f"{'layer':>5} | {'corr (pred)':>11} {'q range (pred)':>18}"
-    print(head + (f" | {'corr (meas)':>11} {'q range (meas)':>18}" if measured else ""))
-    for l, sigma in enumerate(predicted):
-        c, qmin, qmax = kernel_stats(sigma)
-        line = f"{l:>5} | {c:11.4f} {qmin:8.3f} .. {qmax:7.3f}"
-        if measured:
-            c, qmin, qmax = kernel_stats(measured[l])
-            line += f" | {c:11.4f} {qmin:8.3f} .. {qmax:7.3f}"
-        print(line)
+def q_corrected_rescalings(T, n_layer, attn, **block):
+    """D_l for every layer with the q-corrected rescaling (sec. 7): only the vectors are kept,
+    so memory stays at a few T x T arrays whatever the depth."""
+    return [D for D, _ in propagate_kernels(T, n_layer, attn, q_correct=True, **block)]
