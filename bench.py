@@ -12,6 +12,14 @@ AdamW) and one forward pass (no_grad) per preset, the order rotated each round, 
 is the median over rounds of preln's step time / the preset's step time in the same round: paired,
 so slow drifts in machine load cancel. preln is added to the run when not asked for.
 
+The reference row, torch-ref, is always in the run: preln's architecture built from torch's own
+nn.TransformerEncoderLayer(norm_first=True, activation='gelu', dim_feedforward=4 n_embd, bias=False,
+dropout=0) stacked n_layer deep, with token + learned position embeddings, a final LayerNorm, a
+readout tied to the token embedding, cross-entropy and AdamW over the same parameter groups: the same
+parameters (count and shapes) as preln, written by a well-kept library instead of model.py.
+ratio_to_ref is the median over rounds of torch-ref's step time / the preset's step time in the
+same round (> 1: faster than the library); preln's is printed on its own line.
+
 Memory (bytes handed out by the allocator, not RSS, which counts caching and libraries):
   act_mem_mb    what the forward leaves allocated for the backward: saved activations, attention
                 masks, logits. The part that grows with T.
@@ -28,17 +36,17 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 import torch._dynamo
+import torch.nn as nn
+from torch.nn import functional as F
 
 import model as gpt
-from configurator import ConfigError, configure, format_help
+from configurator import ConfigError, configure, format_help, key_comments
 
 DEFAULTS = dict(
     models='all',         # comma-separated presets, or all
@@ -48,8 +56,8 @@ DEFAULTS = dict(
     block_size=256,       # T, the sequence length of every batch
     batch_size=4,
     vocab_size=256,       # 50304 for a GPT-2-sized readout
-    device='auto',        # auto (cuda if there is one) | cpu | cuda | cuda:N
-    dtype='auto',         # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16
+    device='auto',        # auto (cuda if there is one) | cpu | cuda | cuda:N (model.device_and_dtype)
+    dtype='auto',         # auto (bfloat16 on a cuda GPU that has it, else float32) | float32 | bfloat16
     compile=False,        # torch.compile every model
     threads=0,            # CPU threads for the timed work; 0: torch's default
     steps=10,             # timed rounds (one training step and one forward pass per preset each)
@@ -60,6 +68,8 @@ DEFAULTS = dict(
     seed=0,               # weights and batch; the same for every preset
 )
 MB = 2 ** 20
+REF = 'torch-ref'   # the reference row: always in the run, like preln
+REF_LABEL = 'torch nn.TransformerEncoderLayer(norm_first=True)'
 
 
 class BenchError(Exception):
@@ -67,28 +77,30 @@ class BenchError(Exception):
 
 
 def parse(argv):
+    """(cfg, names, device, dtype name, autocast context); names: the presets, preln first, then REF."""
     cfg = configure(DEFAULTS, argv, types={'peak_flops': float})
     names = list(gpt.PRESETS) if cfg['models'] == 'all' else [m.strip() for m in cfg['models'].split(',') if m.strip()]
     if not names:
         raise BenchError(f"--models is empty; give presets such as --models=preln,espa, or all ({', '.join(gpt.PRESETS)})")
     for name in names:
-        if name not in gpt.PRESETS:
-            close = difflib.get_close_matches(name, gpt.PRESETS, n=1)
+        if name not in gpt.PRESETS and name != REF:
+            close = difflib.get_close_matches(name, list(gpt.PRESETS) + [REF], n=1)
             raise BenchError(f"unknown preset {name!r} in --models" + (f" (did you mean {close[0]}?)" if close else '')
-                             + f"; valid presets: {', '.join(gpt.PRESETS)} (or all)")
-    names = list(dict.fromkeys(names))                         # drop repeats, keep the order
+                             + f"; valid presets: {', '.join(gpt.PRESETS)} (or all); {REF} is always in the run")
+    names = [n for n in dict.fromkeys(names) if n != REF]     # drop repeats, keep the order
     if 'preln' not in names:
         names.insert(0, 'preln')                               # the baseline of every ratio
-    device = cfg['device']
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if not (device == 'cpu' or device == 'cuda' or (device.startswith('cuda:') and device[5:].isdigit())):
-        raise BenchError(f"--device must be auto, cpu, cuda or cuda:N (got {device!r})")
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise BenchError(f"--device={device} was asked for, but torch {torch.__version__} sees no CUDA GPU; use --device=cpu")
-    dtype = cfg['dtype'] if cfg['dtype'] != 'auto' else ('bfloat16' if device.startswith('cuda') else 'float32')
-    if dtype not in ('float32', 'bfloat16'):
-        raise BenchError(f"--dtype must be auto, float32 or bfloat16 (got {dtype!r}); float16 would need a grad scaler")
+    names.append(REF)                                          # the library reference, always
+    if cfg['dtype'] == 'float16':                              # bench's own limit, before the shared rules
+        raise BenchError("--dtype=float16 is not supported by bench.py: training in float16 needs a loss "
+                         "scaler, which bench has not; use --dtype=bfloat16 or --dtype=float32")
+    try:
+        device, dtype, autocast = gpt.device_and_dtype(cfg['device'], cfg['dtype'])
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+    if device == 'mps':
+        raise BenchError("--device=mps: bench.py synchronises and reads memory on cpu and cuda only; "
+                         "use --device=cpu or --device=cuda")
     for key in ('steps', 'warmup', 'threads'):
         if cfg[key] < 0:
             raise BenchError(f"--{key} must be >= 0 (got {cfg[key]})")
@@ -101,12 +113,85 @@ def parse(argv):
             model_config(name, cfg)
         except ValueError as e:
             raise BenchError(f"{name}: {e}") from None
-    return cfg, names, torch.device(device), dtype
+    return cfg, names, torch.device(device), dtype, autocast
 
 
 def model_config(name, cfg, block_size=None):
-    return gpt.config_for(name, n_layer=cfg['n_layer'], n_embd=cfg['n_embd'], n_head=cfg['n_head'],
-                          block_size=block_size or cfg['block_size'], vocab_size=cfg['vocab_size'])
+    """The preset's GPTConfig; REF gets preln's (same sizes, bias=False, dropout=0)."""
+    return gpt.config_for('preln' if name == REF else name, n_layer=cfg['n_layer'], n_embd=cfg['n_embd'],
+                          n_head=cfg['n_head'], block_size=block_size or cfg['block_size'], vocab_size=cfg['vocab_size'])
+
+
+class TorchReference(nn.Module):
+    """GPT-2 Pre-LN from torch's own nn.TransformerEncoderLayer: the library row next to preln.
+
+    Same parameters as model.GPT(preln) one for one (no biases at bias=False, GELU, 4x MLP, tied
+    readout, learned positions, final LayerNorm); only the names and the packing differ: in_proj_weight
+    is c_attn.weight (q, k, v rows in the same order), out_proj is attn.c_proj, linear1/linear2 are
+    mlp.c_fc/mlp.c_proj, norm1/norm2 are ln_1/ln_2. GPT-2 init as model.init_linear: N(0, 0.02),
+    output projections N(0, 0.02 / sqrt(2 n_layer)), LayerNorm weights 1. nn.TransformerEncoder clones
+    one layer n_layer times, so every layer is re-initialised after the cloning.
+
+    Causal attention, the fastest correct way torch 2.13 offers: nn.MultiheadAttention refuses
+    is_causal=True without a mask, and with a mask plus is_causal=True (need_weights=False, no padding
+    mask, as the encoder layer calls it) it drops the mask and runs SDPA with is_causal=True, as preln
+    does. With the mask alone (is_causal=None) the encoder would compare it with a fresh T x T mask
+    every forward (_detect_is_causal_mask: a host sync, data-dependent under torch.compile). The mask
+    is the real one from nn.Transformer.generate_square_subsequent_mask, cached per block_size, so any
+    path that reads it (the eval-mode fast path, were it enabled) is causal too."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        C, L = config.n_embd, config.n_layer
+        self.wte = nn.Embedding(config.vocab_size, C)
+        self.wpe = nn.Embedding(config.block_size, C)
+        layer = nn.TransformerEncoderLayer(d_model=C, nhead=config.n_head, dim_feedforward=4 * C, dropout=config.dropout,
+                                           activation='gelu', batch_first=True, norm_first=True, bias=config.bias)
+        # enable_nested_tensor: only for padding masks, and torch warns that norm_first disables it anyway
+        self.encoder = nn.TransformerEncoder(layer, L, norm=nn.LayerNorm(C, bias=config.bias), enable_nested_tensor=False)
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        self.register_buffer('causal_mask', nn.Transformer.generate_square_subsequent_mask(config.block_size),
+                             persistent=False)
+        with torch.no_grad():
+            for emb in (self.wte, self.wpe):
+                emb.weight.normal_(0.0, 0.02)
+            for lay in self.encoder.layers:
+                for w, std in ((lay.self_attn.in_proj_weight, 0.02), (lay.self_attn.out_proj.weight, 0.02 / math.sqrt(2 * L)),
+                               (lay.linear1.weight, 0.02), (lay.linear2.weight, 0.02 / math.sqrt(2 * L))):
+                    w.normal_(0.0, std)
+            for n, p in self.named_parameters():   # biases (bias=True only) start at 0, as in model.py
+                if n.endswith('bias'):
+                    p.zero_()
+
+    def forward(self, idx, targets=None):
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        x = self.encoder(x, mask=self.causal_mask[:T, :T], is_causal=True)   # final LayerNorm included
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """[AdamW] over GPT.configure_optimizers' groups for preln: weight matrices and embeddings
+        decay, LayerNorm weights (and biases) do not; the same group order and flags."""
+        params = list(self.parameters())           # the tied readout once
+        groups = [dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0, lr_scale=1.0, lr=learning_rate),
+                  dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay, lr_scale=1.0, lr=learning_rate)]
+        return [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')]
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, T):
+        """GPT.flops_per_token's count: 6 per weight of every matmul, plus 12 * n_layer * n_embd * T."""
+        matmul = sum(p.numel() for n, p in self.named_parameters() if n.startswith('encoder.layers.') and p.dim() == 2)
+        matmul += self.lm_head.weight.numel()
+        return 6 * matmul + 12 * self.config.n_layer * self.config.n_embd * T
 
 
 @contextlib.contextmanager
@@ -125,17 +210,19 @@ def build(name, cfg, device, block_size=None):
     """A preset's model (compiled if asked), its AdamW, and how its attention runs here."""
     torch.manual_seed(cfg['seed'])                             # every preset starts from the same randomness
     with one_thread():
-        raw = gpt.GPT(model_config(name, cfg, block_size)).to(device)
-    opt = raw.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
+        raw = (TorchReference if name == REF else gpt.GPT)(model_config(name, cfg, block_size)).to(device)
+    opts = raw.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
     attn = raw.config.attn
-    if attn in ('espa', 'uspa'):  # a label only: mirrors the rule in model.Attention.shaped_attention
+    if name == REF:
+        path = 'sdpa is_causal (nn.MultiheadAttention)'
+    elif attn in ('espa', 'uspa'):  # a label only: mirrors the rule in model.Attention.shaped_attention
         impl = getattr(gpt.Attention, 'impl', 'auto')
         flex = impl == 'flex' or (impl == 'auto' and device.type == 'cuda' and cfg['compile']
                                   and getattr(gpt, 'flex_attention', None) is not None)
         path = 'flex_attention score_mod' if flex else 'sdpa + T x T bias'
     else:
         path = 'sdpa is_causal'
-    return dict(raw=raw, model=torch.compile(raw) if cfg['compile'] else raw, opt=opt, attention=path)
+    return dict(raw=raw, model=torch.compile(raw) if cfg['compile'] else raw, opts=opts, attention=path)
 
 
 def sync(device):
@@ -184,8 +271,9 @@ def train_step(run, x, y, autocast):
     with autocast:
         _, loss = run['model'](x, y)
     loss.backward()
-    run['opt'].step()
-    run['opt'].zero_grad(set_to_none=True)
+    for opt in run['opts']:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
 
 def forward(run, x, y, autocast):
@@ -201,10 +289,13 @@ def measure_memory(run, x, y, autocast, optimizer=True):
     with track_memory(x.device) as rest:
         loss.backward()
         if optimizer:
-            run['opt'].step()
+            for opt in run['opts']:
+                opt.step()
     del loss
-    run['opt'].zero_grad(set_to_none=True)
-    tensors = list(run['raw'].parameters()) + [t for s in run['opt'].state.values() for t in s.values() if torch.is_tensor(t)]
+    for opt in run['opts']:
+        opt.zero_grad(set_to_none=True)
+    tensors = list(run['raw'].parameters()) + [t for opt in run['opts'] for s in opt.state.values()
+                                              for t in s.values() if torch.is_tensor(t)]
     state = sum(t.numel() * t.element_size() for t in tensors)
     return fwd['net'], max(fwd['peak'], fwd['net'] + rest['peak']), state
 
@@ -215,6 +306,14 @@ def timed(fn, device):
     fn()
     sync(device)
     return time.perf_counter() - t0
+
+
+def paired(base, times):
+    """(median, q1, q3) over rounds of base's step time / this one's in the same round."""
+    ratios = [a / b for a, b in zip(base, times)]
+    med = statistics.median(ratios)
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (med,) * 3
+    return med, q1, q3
 
 
 def throughput(names, cfg, device, autocast, peak):
@@ -242,11 +341,16 @@ def throughput(names, cfg, device, autocast, peak):
         flops = run['raw'].flops_per_token(T)                  # training: 3x the forward's
         train_ms, fwd_ms = statistics.median(t['train']), statistics.median(t['fwd'])
         q1, _, q3 = statistics.quantiles(t['train'], n=4) if len(t['train']) > 1 else (train_ms,) * 3
-        paired = lambda kind: statistics.median(a / b for a, b in zip(times['preln'][kind], t[kind]))
+        to_ref = {kind: paired(times[REF][kind], t[kind]) for kind in ('train', 'fwd')}
         results[name] = dict(
             train_tokens_per_s=B * T / train_ms, fwd_tokens_per_s=B * T / fwd_ms,
-            ratio_to_preln=1.0 if name == 'preln' else paired('train'),
-            fwd_ratio_to_preln=1.0 if name == 'preln' else paired('fwd'),
+            ratio_to_preln=1.0 if name == 'preln' else paired(times['preln']['train'], t['train'])[0],
+            fwd_ratio_to_preln=1.0 if name == 'preln' else paired(times['preln']['fwd'], t['fwd'])[0],
+            # > 1: faster than torch's own layers; _q: the quartiles of the per-round ratios
+            ratio_to_ref=1.0 if name == REF else to_ref['train'][0],
+            fwd_ratio_to_ref=1.0 if name == REF else to_ref['fwd'][0],
+            ratio_to_ref_q=[1.0, 1.0] if name == REF else list(to_ref['train'][1:]),
+            fwd_ratio_to_ref_q=[1.0, 1.0] if name == REF else list(to_ref['fwd'][1:]),
             peak_mem_mb=(state + peak_mem) / MB, act_mem_mb=act / MB, state_mem_mb=state / MB,
             mfu=flops * B * T / train_ms / peak if peak else None,
             fwd_mfu=flops / 3 * B * T / fwd_ms / peak if peak else None,
@@ -294,12 +398,10 @@ def machine(device):
 
 def main(argv):
     if '-h' in argv or '--help' in argv:
-        src = open(__file__, encoding='utf-8').read().split('DEFAULTS = dict(')[1].split('\n)\n')[0]
-        comments = {m[1]: m[2] for m in re.finditer(r'^\s*(\w+)=.*?#\s*(.*)$', src, re.M)}
-        print(__doc__ + '\n' + format_help(DEFAULTS, comments, usage='python bench.py [--key=value ...]'))
+        print(__doc__ + '\n' + format_help(DEFAULTS, key_comments(__file__), usage='python bench.py [--key=value ...]'))
         return 0
     try:
-        cfg, names, device, dtype = parse(argv)
+        cfg, names, device, dtype, autocast = parse(argv)
     except (ConfigError, BenchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -308,8 +410,7 @@ def main(argv):
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # bf16 the way train.py runs it: fp32 weights, autocast compute
-    autocast = nullcontext() if dtype == 'float32' else torch.autocast(device.type, dtype=torch.bfloat16)
+    # autocast from model.device_and_dtype, as train.py runs it: fp32 weights, bf16 compute
     if cfg['compile']:
         # the presets share GPT.forward, so each one (and each grad mode) is a recompile of the same
         # code object; past dynamo's default limit of 8 it would silently run the rest eagerly
@@ -327,15 +428,22 @@ def main(argv):
     if cfg['steps']:
         for name, r in throughput(names, cfg, device, autocast, peak).items():
             results[name].update(r)
-        print(f"\n{'preset':<15}{'train tok/s':>12}{'+-%':>7}{'x preln':>9}{'fwd tok/s':>12}{'x preln':>9}"
-              f"{'peak MB':>10}{'act MB':>9}{'MFU':>7}  attention")
+        print(f"\n{'preset':<15}{'train tok/s':>12}{'+-%':>7}{'x preln':>9}{'x ref':>7}{'fwd tok/s':>12}{'x preln':>9}"
+              f"{'x ref':>7}{'peak MB':>10}{'act MB':>9}{'MFU':>7}{'params':>12}  attention")
         for name, r in results.items():
             mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else '-'
             print(f"{name:<15}{r['train_tokens_per_s']:>12,.0f}{50 * r['train_spread']:>7.1f}{r['ratio_to_preln']:>9.3f}"
-                  f"{r['fwd_tokens_per_s']:>12,.0f}{r['fwd_ratio_to_preln']:>9.3f}{r['peak_mem_mb']:>10.1f}"
-                  f"{r['act_mem_mb']:>9.1f}{mfu:>7}  {r['attention']}")
-        print("(x preln: median over rounds of the paired step-time ratio; +-%: half the interquartile range of "
-              "the training step time; MFU needs the device peak, --peak_flops)")
+                  f"{r['ratio_to_ref']:>7.3f}{r['fwd_tokens_per_s']:>12,.0f}{r['fwd_ratio_to_preln']:>9.3f}"
+                  f"{r['fwd_ratio_to_ref']:>7.3f}{r['peak_mem_mb']:>10.1f}{r['act_mem_mb']:>9.1f}{mfu:>7}"
+                  f"{r['params']:>12,}  {r['attention']}")
+        print(f"(x preln, x ref: median over rounds of the paired step-time ratio, preln's or {REF}'s time / the "
+              f"row's; +-%: half the interquartile range of the training step time; MFU needs the device peak, --peak_flops)")
+        p, ref = results['preln'], results[REF]
+        print(f"\npreln vs {REF_LABEL}: train {p['ratio_to_ref']:.3f} (quartiles {p['ratio_to_ref_q'][0]:.3f}.."
+              f"{p['ratio_to_ref_q'][1]:.3f}), forward {p['fwd_ratio_to_ref']:.3f} (quartiles {p['fwd_ratio_to_ref_q'][0]:.3f}.."
+              f"{p['fwd_ratio_to_ref_q'][1]:.3f}); > 1: preln faster, over {cfg['steps']} paired rounds")
+        print(f"parameters: preln {p['params']:,}, {REF} {ref['params']:,}"
+              + (" (the same)" if p['params'] == ref['params'] else f" (differ by {ref['params'] - p['params']:+,})"))
     if cfg['mem_scaling']:
         print(f"\nmemory of forward+backward at T={T} and 2T={2 * T} (batch {B}); "
               f"linear in T doubles, T x T per layer quadruples")
@@ -346,6 +454,9 @@ def main(argv):
             print(f"{name:<15}{s['act_mb_T']:>10.2f}{s['act_mb_2T']:>11.2f}{s['act_growth']:>8.2f}{s['peak_mb_T']:>11.2f}"
                   f"{s['peak_mb_2T']:>12.2f}{s['peak_growth']:>8.2f}{s['tt_per_layer']:>11.2f}")
     box = machine(device)
+    print(f"\nmachine: {box['device']} | {box['cpus_usable']} of {box['cpu_count']} CPUs usable, {box['torch_threads']} "
+          f"torch threads | load average {box['load_avg']} (1, 5, 15 min; this run adds about its threads, the rest "
+          f"is other jobs on the CPU) | torch {box['torch']}, python {box['python']}")
     for r in results.values():
         r.update(settings=settings, machine=box)
         r.setdefault('mfu', None)

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 
@@ -99,6 +100,81 @@ def format_table(rows, baseline, base_final, unigram=None):
     return '\n'.join(lines)
 
 
+SEED_LABEL = re.compile(r'^(?P<group>.+)_s(?P<seed>\d+)(_\d+)?$')   # e.g. espa_lr3e-3_s2 (and _3000: a longer run)
+
+
+def by_seed(runs):
+    """{group: {seed: evals}} from labels NAME_sSEED (NAME_sSEED_ITERS): the seeds of one cell together."""
+    groups = {}
+    for label, evals in runs.items():
+        m = SEED_LABEL.match(label)
+        if not m:
+            raise CompareError(f"run {label!r} is not named NAME_sSEED (e.g. espa_lr3e-3_s2); --seeds groups runs by that name")
+        groups.setdefault(m['group'], {})[int(m['seed'])] = evals
+    return groups
+
+
+def summarize_seeds(groups, baselines):
+    """One row per group: the final loss over its seeds (mean, min, max), and per seed the steps ratio
+    against each baseline's run of the same seed at the longest horizon reached (s / k, as in
+    step_ratio), with their mean and range. baselines: {name: {seed: evals}}."""
+    rows = []
+    for name, seeds in groups.items():
+        finals = [e[-1][1] for e in seeds.values()]
+        row = dict(run=name, seeds=sorted(seeds), iters=max(e[-1][0] for e in seeds.values()),
+                   final_mean=sum(finals) / len(finals), final_min=min(finals), final_max=max(finals), ratios={})
+        for base, base_seeds in baselines.items():
+            per_seed = {}
+            for seed, evals in seeds.items():
+                if seed in base_seeds:
+                    match = step_ratio(evals, base_seeds[seed])
+                    reached = steps_to_reach(evals, base_seeds[seed][-1][1])
+                    per_seed[seed] = dict(ratio=match[1] / match[0] if match else None, at=match[0] if match else None,
+                                          steps_to_final=reached, base_final=base_seeds[seed][-1][1])
+            row['ratios'][base] = per_seed
+        rows.append(row)
+    return rows
+
+
+def format_seed_table(rows):
+    fmt = lambda v: 'never' if v is None else f"{v:.2f}"
+    lines = [f"{'run':<28} {'seeds':>5} {'final val: mean (min-max)':>27}  steps ratio per seed (s / k at baseline step k)"]
+    for r in rows:
+        ratios = '; '.join(f"{base}: " + ', '.join(f"{fmt(v['ratio'])}@{v['at']}" if v['ratio'] else 'never'
+                                                    for _, v in sorted(per_seed.items()))
+                           for base, per_seed in r['ratios'].items())
+        lines.append(f"{r['run']:<28} {len(r['seeds']):>5} {r['final_mean']:>10.4f} ({r['final_min']:.4f}-{r['final_max']:.4f})  {ratios}")
+    return '\n'.join(lines)
+
+
+def plot_bands(groups, path, title=None):
+    """Validation curves, one line per group (the mean over its seeds) and a band from the lowest to
+    the highest seed at every evaluation."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name, seeds in groups.items():
+        steps = sorted(set.intersection(*[{it for it, _, _ in e} for e in seeds.values()]))
+        curves = [[dict((it, v) for it, v, _ in e)[s] for s in steps] for e in seeds.values()]
+        mean = [sum(c[i] for c in curves) / len(curves) for i in range(len(steps))]
+        line, = ax.plot(steps, mean, label=f"{name} ({len(curves)} seeds)")
+        if len(curves) > 1:
+            ax.fill_between(steps, [min(c[i] for c in curves) for i in range(len(steps))],
+                            [max(c[i] for c in curves) for i in range(len(steps))], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel('step'), ax.set_ylabel('validation loss (nats/token)'), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    later = [v for seeds in groups.values() for e in seeds.values() for it, v, _ in e[1:] if math.isfinite(v)]
+    if later:   # step 0 is the same for every run: zoom on the rest
+        ax.set_ylim(min(later) - 0.05, max(later) + 0.05)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def unigram_loss(tokens, vocab_size, eval_tokens=None):
     """Cross-entropy of the best context-free model (token frequencies of `tokens`, add-one smoothed
     when scored on other `eval_tokens`): the level a rank-collapsed model sits at."""
@@ -112,6 +188,7 @@ def unigram_loss(tokens, vocab_size, eval_tokens=None):
 
 
 def plot(runs, paths, out_dir):
+    """loss_curves.png, and kernels_at_init.png for the runs that have a checkpoint."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -123,25 +200,35 @@ def plot(runs, paths, out_dir):
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, 'loss_curves.png'), dpi=120)
     written = [os.path.join(out_dir, 'loss_curves.png')]
+    kernels = plot_kernels(paths, os.path.join(out_dir, 'kernels_at_init.png'))
+    return written + ([kernels] if kernels else [])
 
-    kernels = {label: init_correlations(paths[label]) for label in runs}
+
+def plot_kernels(paths, path):
+    """The token correlation of a fresh model of each run's architecture at a few depths (one row per
+    run with a checkpoint): rank collapse is a uniformly bright matrix. Returns the path, or None."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    kernels = {label: init_correlations(p) for label, p in paths.items()}
     kernels = {k: v for k, v in kernels.items() if v is not None}
-    if kernels:
-        n_cols = max(len(v) for v in kernels.values())
-        fig, axes = plt.subplots(len(kernels), n_cols, figsize=(2.1 * n_cols, 2.1 * len(kernels)), squeeze=False)
-        for row, (label, mats) in enumerate(kernels.items()):
-            for col, (layer, corr) in enumerate(mats):
-                ax = axes[row][col]
-                ax.imshow(corr, vmin=0, vmax=1, cmap='viridis')
-                ax.set_xticks([]), ax.set_yticks([])
-                ax.set_title(f"layer {layer}", fontsize=8)
-                if col == 0:
-                    ax.set_ylabel(label, fontsize=9)
-        fig.suptitle('token correlation at init (bright = correlated; all bright = rank collapse)', fontsize=9)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, 'kernels_at_init.png'), dpi=120)
-        written.append(os.path.join(out_dir, 'kernels_at_init.png'))
-    return written
+    if not kernels:
+        return None
+    n_cols = max(len(v) for v in kernels.values())
+    fig, axes = plt.subplots(len(kernels), n_cols, figsize=(2.1 * n_cols, 2.1 * len(kernels)), squeeze=False)
+    for row, (label, mats) in enumerate(kernels.items()):
+        for col, (layer, corr) in enumerate(mats):
+            ax = axes[row][col]
+            ax.imshow(corr, vmin=0, vmax=1, cmap='viridis', interpolation='nearest')
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"layer {layer}", fontsize=8)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.suptitle('token correlation at init (bright = correlated; all bright = rank collapse)', fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+    return path
 
 
 def init_correlations(path):
@@ -164,6 +251,24 @@ def init_correlations(path):
     return out
 
 
+def seed_table(runs, args):
+    groups = by_seed(runs)
+    if args.baseline not in groups:
+        raise CompareError(f"baseline {args.baseline!r} is not among the groups {', '.join(groups)}")
+    rows = summarize_seeds(groups, {args.baseline: groups[args.baseline]})
+    print(format_seed_table(rows))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(baseline=args.baseline, rows=rows), f, indent=1)
+    if args.plots:
+        try:
+            import matplotlib  # noqa: F401
+            print(f"wrote {plot_bands(groups, os.path.join(args.plots, 'loss_curves_seeds.png'))}")
+        except ImportError:
+            print("(no plots: matplotlib is not installed; `pip install matplotlib` and run again)")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('runs', nargs='+', help="out_dir of each run (or its log.jsonl)")
@@ -171,12 +276,16 @@ def main(argv=None):
     p.add_argument('--unigram', type=float, default=None, help="unigram loss of the data, to show each run's margin below it")
     p.add_argument('--plots', default=None, help="folder for loss_curves.png and kernels_at_init.png (needs matplotlib)")
     p.add_argument('--json', default=None, help="also write the table as JSON to this file")
+    p.add_argument('--seeds', action='store_true', help="group runs named NAME_sSEED: mean and range over seeds, "
+                   "steps ratios per seed against the baseline run of the same seed (--baseline=NAME)")
     args = p.parse_args(argv)
     try:
         paths = {label_of(path): path for path in args.runs}
         if len(paths) < len(args.runs):
             raise CompareError("two runs share a folder name; labels must be unique")
         runs = {label: read_log(path) for label, path in paths.items()}
+        if args.seeds:
+            return seed_table(runs, args)
         rows, base_final = summarize(runs, args.baseline, args.unigram)
     except CompareError as e:
         print(f"compare.py: {e}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """compare.py turns runs' log.jsonl into the study table."""
 import builtins
 import json
+import os
 
 import compare
 
@@ -57,3 +58,33 @@ def test_unigram_loss_of_a_known_distribution():
     assert abs(compare.unigram_loss([0, 1, 0, 1], 4) - math.log(2)) < 1e-12
     assert abs(compare.unigram_loss([0, 1, 0, 1], 2, eval_tokens=[0, 0]) - math.log(2)) < 1e-12
     assert compare.unigram_loss([0, 0, 0, 1], 2, eval_tokens=[1]) > math.log(2)
+
+
+def test_seed_groups_mean_range_and_ratios_against_the_same_seed(tmp_path, capsys):
+    """Each seed of a variant is compared with the baseline run of that seed; the table gives the mean
+    and range of the final loss and every seed's ratio."""
+    runs = [_write_run(tmp_path, 'preln_lr1e-2_s1', [(0, 5.5), (100, 3.0), (200, 2.6)]),
+            _write_run(tmp_path, 'preln_lr1e-2_s2', [(0, 5.5), (100, 3.1), (200, 2.8)]),
+            _write_run(tmp_path, 'espa_lr3e-3_s1_3000', [(0, 5.5), (200, 3.0), (400, 2.7), (600, 2.6)]),
+            _write_run(tmp_path, 'espa_lr3e-3_s2_3000', [(0, 5.5), (200, 3.0), (400, 2.8), (600, 2.7)])]
+    out_json = tmp_path / 't.json'
+    assert compare.main([*runs, '--seeds', '--baseline=preln_lr1e-2', f'--json={out_json}']) == 0
+    rows = {r['run']: r for r in json.loads(out_json.read_text())['rows']}
+    espa = rows['espa_lr3e-3']
+    assert espa['seeds'] == [1, 2] and abs(espa['final_mean'] - 2.65) < 1e-12 and (espa['final_min'], espa['final_max']) == (2.6, 2.7)
+    per_seed = espa['ratios']['preln_lr1e-2']
+    assert per_seed['1'] == dict(ratio=3.0, at=200, steps_to_final=600, base_final=2.6)   # 2.6 at 600 vs 200
+    assert per_seed['2'] == dict(ratio=2.0, at=200, steps_to_final=400, base_final=2.8)   # its own seed's 2.8
+    assert rows['preln_lr1e-2']['ratios']['preln_lr1e-2']['1']['ratio'] == 1.0
+    assert '3.00@200, 2.00@200' in capsys.readouterr().out
+    bad = _write_run(tmp_path, 'no_seed_here', [(0, 5.5)])
+    assert compare.main([*runs, bad, '--seeds', '--baseline=preln_lr1e-2']) == 2
+    assert 'NAME_sSEED' in capsys.readouterr().err
+
+
+def test_band_plot_is_written(tmp_path):
+    import pytest
+    pytest.importorskip('matplotlib')
+    groups = {'a': {1: [(0, 5.0, None), (10, 4.0, None)], 2: [(0, 5.0, None), (10, 3.0, None)]}}
+    path = compare.plot_bands(groups, str(tmp_path / 'p' / 'bands.png'))
+    assert os.path.getsize(path) > 1000

@@ -10,7 +10,7 @@ block_size = 512
 batch_size = 16                    # per GPU micro-batch
 gradient_accumulation_steps = 8    # over all GPUs: 16 * 512 * 8 = 65,536 tokens per step
 learning_rate = 1e-3               # embedding and readout; vanilla presets train the blocks at 1e-3 / n_layer
-warmup_iters = 2000                # method.md sec. 10: vanilla models need the warmup as well as lr / L
+warmup_iters = 2000                # MATH.md sec. 10: vanilla models need the warmup as well as lr / L
 min_lr = 1e-4
 weight_decay = 0.1
 eval_interval = 1000
