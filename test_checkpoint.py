@@ -132,13 +132,15 @@ def test_a_version_1_checkpoint_still_resumes_exactly(tmp_path):
     for g, w in zip(got, want):
         assert math.isclose(g['train_loss'], w['train_loss'], rel_tol=1e-6) and \
             math.isclose(g['val_loss'], w['val_loss'], rel_tol=1e-6), (g, w)
-    # and exactly what today's code gives without the interruption, on this machine
+    # and what today's code gives without the interruption, on this machine. Not bit for bit: today's
+    # code rounds its first 6 steps differently from the code that wrote the fixture (measured: weights
+    # 4e-7 apart at step 6), so only a float32 tolerance holds; a resume that lost the Adam moments or
+    # the RNG state is off by ~lr = 1e-3. Bit-exact resume of today's format: test_train.py::test_exact_resume.
     new = str(tmp_path / 'new')
     r = train(f'--out_dir={new}', *expected['args'], '--dataset=corpus', '--max_iters=12')
     assert r.returncode == 0, r.stderr
-    assert log_records(new) == got
     a, b = (checkpoint.load(os.path.join(d, 'ckpt.pt')) for d in (new, old))
     for k in a['model']:
-        assert torch.equal(a['model'][k], b['model'][k]), k
+        assert torch.allclose(a['model'][k], b['model'][k], rtol=1e-5, atol=1e-5), (k, (a['model'][k] - b['model'][k]).abs().max())
     assert a['version'] == b['version'] == checkpoint.VERSION     # the resumed run saves today's format
     assert RunState.of(b).iter_num == 12
