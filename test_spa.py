@@ -464,6 +464,22 @@ def test_muon_groups_hold_exactly_the_block_matrices(name):
     for g in adamw.param_groups:
         assert not any(names[id(p)].startswith('h.') and p.dim() == 2 for p in g['params'])
 
+def test_muon_orthogonalises_in_float32_on_cpu_as_torch_does_in_bfloat16():
+    """On a CPU, configure_optimizers makes torch.optim.Muon's Newton-Schulz run in float32
+    (model.newton_schulz_float32): the same iteration as torch's, equal within bfloat16 rounding."""
+    from torch.optim import _muon
+    GPT(config_for('espa', n_layer=2, n_embd=16, block_size=8)).configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon')
+    assert _muon._zeropower_via_newtonschulz is model.newton_schulz_float32
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(256, 64), (64, 256), (192, 64), (64, 64)]:
+        g = torch.randn(*shape, generator=gen) * 1e-3
+        ours = model.newton_schulz_float32(g, (3.4445, -4.775, 2.0315), 5, 1e-7)
+        theirs = _muon.library_newton_schulz(g, (3.4445, -4.775, 2.0315), 5, 1e-7)
+        assert ours.dtype == torch.float32 and ours.shape == g.shape
+        assert (ours - theirs.float()).abs().max() < 0.05 * ours.abs().max(), shape      # bf16: ~2% apart
+        s = torch.linalg.svdvals(ours)                           # orthogonalised: singular values near 1
+        assert 0.4 < s.min() and s.max() < 1.25, (shape, s)
+
 def test_muon_needs_a_torch_that_has_it(monkeypatch):
     monkeypatch.delattr(torch.optim, 'Muon')
     with pytest.raises(ValueError, match=r"torch.optim.Muon, which arrived in torch 2.9.*optimizer='adamw'"):
