@@ -250,15 +250,21 @@ def restore(assets):
 # -----------------------------------------------------------------------------
 # the tables and plots of README "Results", from the runs' logs (compare.py does the arithmetic)
 
-def curves(runs):
-    """{seed: evals} of the finished runs (a diverged run has no curve to compare)."""
+def curves(runs, partial=False):
+    """{seed: evals} of the finished runs (a diverged run has no curve to compare); with partial, also
+    of runs cut off before their end (their curve so far is exactly the full run's first steps)."""
     import compare
-    return {r['seed']: compare.read_log(r['dir']) for r in runs if state(r) == 'done'}
+    return {r['seed']: compare.read_log(r['dir']) for r in runs
+            if state(r) == 'done' or partial and state(r) == 'todo' and len(evals(r['dir'])) > 1}
 
-def seed_rows(stage_runs, baselines):
+def seed_rows(stage_runs, baselines, partial=False):
     import compare
-    groups = {name: curves(rs) for name, rs in stage_runs.items()}
-    return compare.summarize_seeds({k: v for k, v in groups.items() if v}, baselines), groups
+    groups = {name: curves(rs, partial) for name, rs in stage_runs.items()}
+    rows = compare.summarize_seeds({k: v for k, v in groups.items() if v}, baselines)
+    for row in rows:   # a run cut off says where
+        iters = stage_runs[row['run']][0]['iters']
+        row['run'] += f" (cut off at step {row['iters']} of {iters})" if row['iters'] < iters else ''
+    return rows, groups
 
 def write_tables(assets):
     import compare
@@ -284,7 +290,7 @@ def write_tables(assets):
     # the second scale, one seed
     s2 = {m: [run('scale2', m, out['chosen_lr'][m], iters=2000, extra=['config/study/scale2.py'])] for m in SCALE2}
     s2_bases = {b: curves(s2[b]) for b in ('preln', 'preln-espa')}
-    out['scale2'], s2_groups = seed_rows(s2, s2_bases)
+    out['scale2'], s2_groups = seed_rows(s2, s2_bases, partial=True)
     if any(s2_groups.values()):
         compare.plot_bands({m: g for m, g in s2_groups.items() if g}, os.path.join(assets, 'loss_curves_scale2.png'),
                            'depth 36, width 128, T 128, 2,000 steps, one seed')
