@@ -17,6 +17,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import sys
 import time
 
@@ -148,6 +149,7 @@ def load(path, map_location='cpu', hint=''):
                               f"project's train.py.{alt}")
     if isinstance(ckpt.get('optimizer'), dict):
         ckpt['optimizer'] = [ckpt['optimizer']]                          # version 1: one AdamW
+    ckpt['config'].setdefault('optimizer', 'adamw')   # saved before the optimizer key existed: AdamW
     unknown = sorted(set(ckpt['model_args']) - {f.name for f in dataclasses.fields(GPTConfig)})
     if unknown:
         raise CheckpointError(f"checkpoint {path} has model settings this model.py does not know "
@@ -189,19 +191,28 @@ def snapshot(raw_model, optimizers, scaler, cfg, meta, state, rngs):
                 run=dataclasses.asdict(state), version=VERSION)
 
 
-def save_run(raw_model, optimizers, scaler, cfg, meta, state, extra_names=(), rank=0, world_size=1):
+def save_run(raw_model, optimizers, scaler, cfg, meta, state, last_saved, extra_names=(), rank=0, world_size=1):
     """Rank 0 saves ckpt.pt (+ extra names, + ckpt_stepNNNNNNN.pt while keep_last > 0) and prunes old
-    step checkpoints; every process hands in its RNG state. Returns the path of ckpt.pt (None on the
-    other ranks); a failed write raises and leaves the previous files as they were."""
+    step checkpoints; every process hands in its RNG state. Returns (path, step) of the last good
+    checkpoint and whether this save worked: a failed write leaves the previous files as they were,
+    says so, and the run goes on (the next save tries again)."""
     rngs = [rng_state()] * world_size
     if world_size > 1:
         torch.distributed.all_gather_object(rngs, rng_state())
     if rank:
-        return None
+        return last_saved, True
     names = [f'ckpt_step{state.iter_num:07d}.pt'] * (cfg['keep_last'] > 0) + list(extra_names) + ['ckpt.pt']
-    save(snapshot(raw_model, optimizers, scaler, cfg, meta, state, rngs), cfg['out_dir'], names)
-    prune(cfg['out_dir'], cfg['keep_last'])
-    return os.path.join(cfg['out_dir'], 'ckpt.pt')
+    try:
+        save(snapshot(raw_model, optimizers, scaler, cfg, meta, state, rngs), cfg['out_dir'], names)
+        prune(cfg['out_dir'], cfg['keep_last'])
+    except Exception as e:
+        prev = f"the previous checkpoint {last_saved[0]} (step {last_saved[1]}) is intact" if last_saved[0] \
+            else "no earlier checkpoint exists"
+        print(f"error: could not save the checkpoint of step {state.iter_num} in {cfg['out_dir']} ({type(e).__name__}: "
+              f"{e}); {prev}. Free disk space (or fix {cfg['out_dir']}); training goes on and the next save tries again.",
+              file=sys.stderr, flush=True)
+        return last_saved, False
+    return (os.path.join(cfg['out_dir'], 'ckpt.pt'), state.iter_num), True
 
 
 def restore(ckpt, path, optimizers, scaler, rank, world_size):
@@ -236,6 +247,14 @@ def set_rng_state(s):
 
 # -----------------------------------------------------------------------------
 # resuming a saved run
+
+def load_for_resume(cfg, given, machine_keys):
+    """init_from='resume': (the checkpoint, its path, the run's config, what you changed in it)."""
+    path = cfg['resume_from'] or os.path.join(cfg['out_dir'], 'ckpt.pt')
+    ckpt = load(path, hint="To resume, point --out_dir (or --resume_from) at the run you mean; to start a new "
+                           "run, use --init_from=scratch.")
+    return (ckpt, path, *resume_config(cfg, given, ckpt, machine_keys))
+
 
 def resume_config(cfg, given, ckpt, machine_keys):
     """A resumed run continues the saved run: its saved config is the default and only what you set
@@ -304,3 +323,19 @@ def resume_command(argv, world_size):
     launcher = f'torchrun --standalone --nproc_per_node={world_size}' if world_size > 1 else 'python'
     return re.sub(' +', ' ', f'{launcher} train.py {args} --init_from=resume')
 
+
+class Signals(list):
+    """SIGINT/SIGTERM: the loop finishes its step, saves and leaves (train.stop_on_signal); a second
+    one aborts at once. Holds the signals received."""
+    def __init__(self):
+        super().__init__()
+        self.old = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(self, signum, frame):
+        if self:
+            raise KeyboardInterrupt
+        self.append(signum)
+
+    def restore(self):
+        for s, h in self.old.items():
+            signal.signal(s, h)

@@ -81,9 +81,11 @@ class Progress:
 def opening(cfg, model, meta, state, where, resumed_from, changed):
     """What runs where; the TAT target actually built when it differs; what changed on resume."""
     a = model.config
+    optim = f"Muon lr {cfg['muon_lr']:g} + " * (cfg['optimizer'] == 'muon') + f"AdamW lr {cfg['learning_rate']:g}" + \
+        f", blocks at lr / {a.n_layer}" * (a.block_lr_rule == 'depth')
     say(f"{cfg['model']}: {model.num_params() / 1e6:.2f}M parameters, {a.n_layer} layers x {a.n_embd}, attn={a.attn} "
-        f"skip={a.skip} norm={a.norm} | {cfg['dataset']}: {meta['tokenizer']} tokens, vocab {meta['vocab_size']} | "
-        f"{where}" + (f" | resuming {resumed_from} at step {state.iter_num}" if resumed_from else ''))
+        f"skip={a.skip} norm={a.norm} | {optim} | {cfg['dataset']}: {meta['tokenizer']} tokens, vocab {meta['vocab_size']} "
+        f"| {where}" + (f" | resuming {resumed_from} at step {state.iter_num}" if resumed_from else ''))
     for line in (tat_note(a), changed and "changed from the saved run: " + ', '.join(
             f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())):
         if line:

@@ -133,7 +133,7 @@ def test_end_to_end(preset, data_dir, tmp_path):
 # -----------------------------------------------------------------------------
 # exact resume: N steps == N/2 steps + resume N/2 (weights, optimizer, logged losses)
 
-RESUME = ['--model=espa', '--eval_interval=5', '--diag_interval=5', '--lr_decay_iters=20', '--dropout=0.1',
+RESUME = ['--model=espa', '--optimizer=adamw', '--eval_interval=5', '--diag_interval=5', '--lr_decay_iters=20', '--dropout=0.1',
           '--gradient_accumulation_steps=2']
 
 
@@ -461,11 +461,25 @@ def test_muon_config_errors(args, pattern, data_dir, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
-def test_resuming_an_adamw_run_with_muon_is_refused(trained, data_dir, tmp_path):
+def test_resuming_with_another_optimizer_is_refused(trained, data_dir, tmp_path):
     out = str(tmp_path / 'out')
-    shutil.copytree(trained, out)
-    r = run([f'--out_dir={out}', '--init_from=resume', '--optimizer=muon', '--max_iters=12'], data_dir)
+    shutil.copytree(trained, out)     # espa: Muon by default
+    r = run([f'--out_dir={out}', '--init_from=resume', '--optimizer=adamw', '--max_iters=12'], data_dir)
     assert r.returncode == 2 and 'was the run trained with another --optimizer' in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize('model, optimizer', [('espa', 'muon'), ('vanilla', 'muon'), ('uspa', 'muon'),
+                                              ('preln', 'adamw'), ('espa-skip', 'adamw')])
+def test_the_vanilla_presets_train_with_muon_by_default(model, optimizer, data_dir, tmp_path):
+    """MATH.md sec. 10.1: Muon beat AdamW for every vanilla preset in every seed of the study, so it is
+    their default; the presets with skips or norms keep AdamW. The choice is saved and resumed."""
+    out = str(tmp_path / 'out')
+    r = tiny_run(out, data_dir, f'--model={model}', '--max_iters=2', '--eval_interval=2')
+    assert ('Muon lr 0.01 + AdamW' in r.stdout) == (optimizer == 'muon'), r.stdout
+    ck = load(os.path.join(out, 'ckpt.pt'))
+    assert ck['config']['optimizer'] == optimizer and len(ck['optimizer']) == 1 + (optimizer == 'muon')
+    tiny_run(out, data_dir, '--init_from=resume', '--max_iters=4', '--eval_interval=2')
+    assert len(load(os.path.join(out, 'ckpt.pt'))['optimizer']) == 1 + (optimizer == 'muon')
 
 
 def test_a_two_layer_model_trains_and_says_which_tat_target_it_uses(data_dir, tmp_path):

@@ -21,7 +21,6 @@ import os
 import random
 import signal
 import sys
-import time
 
 import numpy as np
 import torch
@@ -62,9 +61,10 @@ DEFAULTS = dict(
     batch_size=16,           # sequences per micro-batch per process
     block_size=128,          # context length
     gradient_accumulation_steps=None,  # micro-batches per step over all processes; None: one per process
-    # optimizer: AdamW; vanilla presets train the blocks at learning_rate / n_layer (model.py)
-    optimizer='adamw',       # adamw | muon (the 2-D weights inside the blocks with torch.optim.Muon, MATH.md sec. 10)
-    muon_lr=0.02,            # Muon's peak lr (the same schedule and depth rule as learning_rate)
+    # optimizer: the vanilla presets train the blocks at learning_rate / n_layer (MATH.md sec. 10), and
+    # their 2-D block weights with Muon (sec. 10.1); the others train everything with AdamW
+    optimizer=None,          # adamw | muon (torch.optim.Muon for the 2-D block weights); None: the preset's, as above
+    muon_lr=0.01,            # Muon's peak lr (the same schedule and depth rule as learning_rate)
     muon_momentum=0.95,
     muon_adjust_lr='original',  # torch.optim.Muon's adjust_lr_fn: original | match_rms_adamw
     learning_rate=3e-3,
@@ -93,7 +93,7 @@ for _k in ARCH_KEYS:
     DEFAULTS.setdefault(_k, None)
 TYPES = {**{f.name: f.type for f in dataclasses.fields(GPTConfig) if f.type in (int, float, bool, str)},
          'lr_decay_iters': int, 'min_lr': float, 'peak_flops': float, 'warmup_iters': int,
-         'gradient_accumulation_steps': int, 'wandb_run_name': str}   # types of the keys that default to None
+         'gradient_accumulation_steps': int, 'wandb_run_name': str, 'optimizer': str}   # of the keys defaulting to None
 # keys a resumed run takes from this command even when not given (everything else: the checkpoint)
 MACHINE_KEYS = ('out_dir', 'init_from', 'resume_from', 'overwrite', 'eval_only', 'device', 'dtype', 'compile',
                 'peak_flops', 'wandb_log', 'wandb_project', 'wandb_run_name')
@@ -127,7 +127,7 @@ def check_config(c, world_size):
     for k in ('beta1', 'beta2', 'muon_momentum'):
         need(0 <= c[k] < 1, f"{k} must be in [0, 1) (got {c[k]})")
     for k, allowed in dict(optimizer=('adamw', 'muon'), muon_adjust_lr=('original', 'match_rms_adamw')).items():
-        need(c[k] in allowed, f"{k} must be one of {', '.join(allowed)} (got {c[k]!r})")
+        need(c[k] in allowed or (k == 'optimizer' and c[k] is None), f"{k} must be one of {', '.join(allowed)} (got {c[k]!r})")
     need(c['spike_factor'] > 1, f"spike_factor must be > 1 (got {c['spike_factor']}); --spike_factor=inf turns the "
                                 f"spike check off (NaN/inf losses are still never applied)")
     need(c['min_lr'] is None or 0 <= c['min_lr'] <= c['learning_rate'],
@@ -211,13 +211,11 @@ def train(argv):
     rank, local_rank, world_size = (int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', 0)),
                                     int(os.environ['WORLD_SIZE'])) if ddp else (0, 0, 1)
     ckpt, ckpt_path, changed = None, None, {}
-    if cfg['init_from'] == 'resume':
-        ckpt_path = cfg['resume_from'] or os.path.join(cfg['out_dir'], 'ckpt.pt')
-        ckpt = checkpoint.load(ckpt_path, hint="To resume, point --out_dir (or --resume_from) at the run you mean; "
-                                                "to start a new run, use --init_from=scratch.")
-        cfg, changed = checkpoint.resume_config(cfg, given, ckpt, MACHINE_KEYS)
+    if cfg['init_from'] == 'resume':  # the saved run's config, with only what you set now changed
+        ckpt, ckpt_path, cfg, changed = checkpoint.load_for_resume(cfg, given, MACHINE_KEYS)
     check_config(cfg, world_size)
     model_args = model_args_for(cfg, given, ckpt, ckpt_path)
+    cfg['optimizer'] = cfg['optimizer'] or ('muon' if model_args['block_lr_rule'] == 'depth' else 'adamw')  # sec. 10.1
     try:
         device, dtype, autocast = device_and_dtype(cfg['device'], cfg['dtype'])
     except ValueError as e:
@@ -242,8 +240,7 @@ def train(argv):
             torch.distributed.barrier()
         meta = data.check_dataset(cfg['dataset'], cfg['data_dir'], cfg['block_size'], cfg['vocab_size'])
     accum = (cfg['gradient_accumulation_steps'] or world_size) // world_size   # micro-batches per process per step
-    batch = {split: batches(data.load_tokens(cfg['data_dir'], cfg['dataset'], split), cfg, accum, rank, world_size,
-                            device) for split in ('train', 'val')}
+    tokens = {split: data.load_tokens(cfg['data_dir'], cfg['dataset'], split) for split in ('train', 'val')}
 
     # ---- the model and its optimizers: new, or as saved ----
     raw_model, optimizers, scaler, state = build(cfg, model_args, meta, ckpt, ckpt_path, device, dtype, rank, world_size)
@@ -251,7 +248,7 @@ def train(argv):
     model = torch.compile(raw_model) if cfg['compile'] else raw_model  # compile before DDP wraps it
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.startswith('cuda') else None)
-    run = Run(cfg, argv, model, raw_model, optimizers, scaler, state, meta, batch, autocast, accum, rank, world_size,
+    run = Run(cfg, argv, model, raw_model, optimizers, scaler, state, meta, tokens, device, autocast, accum, rank, world_size,
               (ckpt_path, state.iter_num), report.Log(cfg['out_dir'], rank))
     if cfg['eval_only']:  # report and leave; nothing is written
         losses = evaluate(run)
@@ -275,7 +272,7 @@ def train(argv):
 def fit(run, progress):
     """The training loop: evaluate and save, one optimisation step, report; until max_iters."""
     cfg, state = run.cfg, run.state
-    signals, bad_steps, code = Signals(), 0, 0
+    signals, bad_steps, code = checkpoint.Signals(), 0, 0
     try:
         while True:
             lr = get_lr(state.iter_num, cfg)
@@ -287,7 +284,7 @@ def fit(run, progress):
                     saved = evaluate_and_save(run, lr, bad_steps)
                     code = 1 if not saved and state.iter_num >= cfg['max_iters'] else code
                 if fresh and cfg['diag_interval'] and state.iter_num % cfg['diag_interval'] == 0 and run.rank == 0:
-                    x = run.batch['val'](0, 0, seed=EVAL_SEED, n_accum=1, r=0, ws=1)[0][:8]
+                    x = run.get_batch('val', 0, held_out=True)[0][:8]
                     run.log(dict(kind='diag', iter=state.iter_num, **run.raw_model.eval().signal_diagnostics(x)))
                     run.raw_model.train()
             if state.iter_num >= cfg['max_iters']:
@@ -296,11 +293,8 @@ def fit(run, progress):
             loss, grad_norm = micro_steps(run, lr)
             # one all-reduce carries the loss and "was I signalled", so that every process decides alike
             loss, signalled = run.all_sum(torch.tensor([loss / run.world_size, float(bool(signals))])).tolist()
-            # the divergence guard: a NaN/inf or a spike is not applied; max_bad_steps in a row end the run
-            bad = not math.isfinite(loss) or not (math.isfinite(grad_norm) or run.scaler.is_enabled()) or \
-                (state.loss_ema is not None and loss > cfg['spike_factor'] * state.loss_ema)
-            bad_steps = bad_steps + 1 if bad else 0
-            update(run, loss, grad_norm, bad, bad_steps)
+            # the optimizer step, behind the divergence guard; max_bad_steps bad steps in a row end the run
+            bad_steps = update(run, loss, grad_norm, bad_steps)
             if bad_steps >= cfg['max_bad_steps']:
                 report.diverged(cfg, lr_schedule(cfg)[0], state, loss, bad_steps, run.last_saved,
                                 checkpoint.resume_command(run.argv, run.world_size))
@@ -330,7 +324,8 @@ class Run:
     scaler: torch.amp.GradScaler
     state: RunState
     meta: dict
-    batch: dict                     # split -> get(step, micro_step): stateless batches (data.get_batch)
+    tokens: dict                    # split -> the token memmap (data.load_tokens)
+    device: str
     autocast: object
     accum: int                      # micro-batches per process per step
     rank: int
@@ -342,21 +337,22 @@ class Run:
     def tokens_per_step(self):
         return self.cfg['batch_size'] * self.cfg['block_size'] * self.accum * self.world_size
 
+    def get_batch(self, split, step, micro_step=0, held_out=False):
+        """(x, y) on the device, stateless (data.get_batch): resume needs no sampler state. held_out: the
+        fixed evaluation batches, drawn with EVAL_SEED as one process would."""
+        seed, accum, rank, world_size = (EVAL_SEED, 1, 0, 1) if held_out else \
+            (self.cfg['seed'], self.accum, self.rank, self.world_size)
+        xy = data.get_batch(self.tokens[split], step, micro_step, self.cfg['batch_size'], self.cfg['block_size'],
+                            seed, rank, world_size, accum)
+        cuda = self.device.startswith('cuda')
+        return [(torch.from_numpy(a).pin_memory() if cuda else torch.from_numpy(a)).to(self.device, non_blocking=cuda)
+                for a in xy]
+
     def all_sum(self, t):
         if self.world_size > 1:
             t = t.to(next(self.raw_model.parameters()).device)
             torch.distributed.all_reduce(t)
         return t.cpu()
-
-def batches(tokens, cfg, accum, rank, world_size, device):
-    """get(step, micro_step) -> (x, y) on the device; stateless, so resume needs no sampler state."""
-    def get(step, micro_step, seed=cfg['seed'], n_accum=accum, r=rank, ws=world_size):
-        x, y = (torch.from_numpy(a) for a in data.get_batch(tokens, step, micro_step, cfg['batch_size'], cfg['block_size'],
-                                                           seed=seed, rank=r, world_size=ws, grad_accum=n_accum))
-        if device.startswith('cuda'):
-            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-        return x.to(device), y.to(device)
-    return get
 
 @torch.no_grad()
 def evaluate(run):
@@ -365,10 +361,10 @@ def evaluate(run):
     run.raw_model.eval()
     forward = getattr(run.model, 'module', run.model)
     out = {}
-    for split, get in run.batch.items():
+    for split in ('train', 'val'):
         total = torch.zeros(2)
         for k in range(run.rank, run.cfg['eval_iters'], run.world_size):
-            x, y = get(k, 0, seed=EVAL_SEED, n_accum=1, r=0, ws=1)
+            x, y = run.get_batch(split, k, held_out=True)
             with run.autocast:
                 total += torch.tensor([forward(x, y)[1].item(), 1.0])
         total = run.all_sum(total)
@@ -392,20 +388,9 @@ def evaluate_and_save(run, lr, bad_steps):
     return state.iter_num == 0 or save(run, ['ckpt_best.pt'] if improved else [])
 
 def save(run, extra_names=()):
-    """Save from rank 0 (checkpoint.save_run); on a failure the previous checkpoint stays, the run says
-    so and goes on. Returns True on success."""
-    try:
-        path = checkpoint.save_run(run.raw_model, run.optimizers, run.scaler, run.cfg, run.meta, run.state, extra_names,
-                                   run.rank, run.world_size)
-    except Exception as e:
-        prev = f"the previous checkpoint {run.last_saved[0]} (step {run.last_saved[1]}) is intact" if run.last_saved[0] \
-            else "no earlier checkpoint exists"
-        say(f"error: could not save the checkpoint of step {run.state.iter_num} in {run.cfg['out_dir']} ({type(e).__name__}: "
-            f"{e}); {prev}. Free disk space (or fix {run.cfg['out_dir']}); training goes on and the next save tries again.",
-            err=True)
-        return False
-    run.last_saved = (path, run.state.iter_num) if path else run.last_saved
-    return True
+    run.last_saved, ok = checkpoint.save_run(run.raw_model, run.optimizers, run.scaler, run.cfg, run.meta, run.state,
+                                             run.last_saved, extra_names, run.rank, run.world_size)
+    return ok
 
 def micro_steps(run, lr):
     """One step's forward and backward passes over this process's micro-batches, then the gradients
@@ -417,7 +402,7 @@ def micro_steps(run, lr):
     for micro_step in range(run.accum):
         if run.world_size > 1:  # sync gradients only on the last micro-step; set before the forward
             run.model.require_backward_grad_sync = micro_step == run.accum - 1
-        x, y = run.batch['train'](run.state.iter_num, micro_step)
+        x, y = run.get_batch('train', run.state.iter_num, micro_step)
         with run.autocast:
             loss = run.model(x, y)[1] / run.accum
         run.scaler.scale(loss).backward()
@@ -427,12 +412,16 @@ def micro_steps(run, lr):
     clip = run.cfg['grad_clip'] if run.cfg['grad_clip'] > 0 else math.inf
     return loss_sum.item(), torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), clip).item()
 
-def update(run, loss, grad_norm, bad, bad_steps):
-    """The optimizer step, or for a bad step none and a line that says so; the step counters move on."""
+def update(run, loss, grad_norm, bad_steps):
+    """The optimizer step, unless the divergence guard stops it: a NaN/inf loss or gradient, or a loss
+    above spike_factor x the running average, is not applied and says so. The step counters move on.
+    Returns the number of bad steps in a row."""
     state = run.state
+    bad = not math.isfinite(loss) or not (math.isfinite(grad_norm) or run.scaler.is_enabled()) or \
+        (state.loss_ema is not None and loss > run.cfg['spike_factor'] * state.loss_ema)
     if bad:
         say(f"step {state.iter_num}: loss {loss:.4g} (running average {state.loss_ema or math.nan:.4g}), gradient "
-            f"norm {grad_norm:.4g}: update skipped ({bad_steps}/{run.cfg['max_bad_steps']})", err=True, rank=run.rank)
+            f"norm {grad_norm:.4g}: update skipped ({bad_steps + 1}/{run.cfg['max_bad_steps']})", err=True, rank=run.rank)
     else:
         for opt in run.optimizers:
             run.scaler.step(opt)
@@ -442,21 +431,7 @@ def update(run, loss, grad_norm, bad, bad_steps):
         opt.zero_grad(set_to_none=True)
     state.iter_num += 1
     state.tokens += run.tokens_per_step
-
-class Signals(list):
-    """SIGINT/SIGTERM: the loop finishes its step, saves and leaves; a second one aborts at once."""
-    def __init__(self):
-        super().__init__()
-        self.old = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(self, signum, frame):
-        if self:
-            raise KeyboardInterrupt
-        self.append(signum)
-
-    def restore(self):
-        for s, h in self.old.items():
-            signal.signal(s, h)
+    return bad_steps + 1 if bad else 0
 
 def stop_on_signal(run, signals, bad_steps):
     name = signal.Signals(signals[0]).name if signals else 'a signal'   # (or another process was signalled)

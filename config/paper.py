@@ -9,6 +9,7 @@ n_head = 12
 block_size = 512
 batch_size = 16                    # per GPU micro-batch
 gradient_accumulation_steps = 8    # over all GPUs: 16 * 512 * 8 = 65,536 tokens per step
+optimizer = 'adamw'                # the paper's Adam (the vanilla presets' default is Muon: README, MATH.md sec. 10.1)
 learning_rate = 1e-3               # embedding and readout; vanilla presets train the blocks at 1e-3 / n_layer
 warmup_iters = 2000                # MATH.md sec. 10: vanilla models need the warmup as well as lr / L
 min_lr = 1e-4

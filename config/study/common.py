@@ -9,6 +9,7 @@ n_head = 4
 block_size = 64
 batch_size = 8                 # 512 tokens per step
 max_iters = 1000
+optimizer = 'adamw'            # the study's baseline; its Muon cells add --optimizer=muon --muon_lr=...
 warmup_iters = 100             # MATH.md sec. 10: the vanilla models need a warmup (and lr/L in the blocks)
 eval_interval = 100
 eval_iters = 20

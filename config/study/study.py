@@ -10,6 +10,8 @@ second driver (another shell) share a stage: each run is claimed with mkdir befo
     python config/study/study.py long        # Value-SkipInit, U-SPA, E-SPA for 3x the budget: the 5x question
     python config/study/study.py scale2      # depth 36, width 128, T = 128, 2000 steps (config/study/scale2.py)
     python config/study/study.py muon        # the same grid with optimizer=muon (lr sweep, then three seeds)
+    python config/study/study.py long-muon   # the long runs with Muon at its swept rate
+    python config/study/study.py default     # `python train.py` itself (E-SPA, 24 x 128, T 128, 800 steps): muon_lr sweep, and AdamW
     python config/study/study.py ablations   # what the vanilla E-SPA recipe needs
     python config/study/study.py table       # the tables (out/study/*.json) and plots (assets/) of the README
     python config/study/study.py restore     # out/ lost: rebuild finished runs' logs from assets/study_curves.json
@@ -40,13 +42,13 @@ MUON = ['preln', 'preln-espa', 'vskipinit', 'uspa', 'espa', 'espa-skip']
 # -----------------------------------------------------------------------------
 # one run: its folder, its state, its command
 
-def run(stage, model, lr, seed=1337, iters=1000, extra=(), optimizer='adamw'):
+def run(stage, model, lr, seed=1337, iters=1000, extra=(), optimizer='adamw', base=('config/study/common.py',)):
     """One run of the study. With optimizer='muon', lr is Muon's (muon_lr) and AdamW keeps the
-    variant's swept rate for the embeddings, readout and gains."""
+    variant's swept rate for the embeddings, readout and gains. base=(): train.py's own defaults."""
     label = f"{model}{'-muon' if optimizer == 'muon' else ''}_lr{lr}_s{seed}" + (f"_{iters}" if iters != 1000 else '')
-    rates = [f'--learning_rate={lr}'] if optimizer == 'adamw' else \
-        [f'--learning_rate={chosen_lr(model)}', '--optimizer=muon', f'--muon_lr={lr}']
-    args = ['config/study/common.py', f'--model={model}', *rates, f'--seed={seed}', f'--max_iters={iters}', *extra]
+    rates = [f'--learning_rate={lr}', '--optimizer=adamw'] if optimizer == 'adamw' else \
+        [f'--learning_rate={chosen_lr(model) if base else 3e-3}', '--optimizer=muon', f'--muon_lr={lr}']
+    args = [*base, f'--model={model}', *rates, f'--seed={seed}', f'--max_iters={iters}', *extra]
     return dict(dir=os.path.join(OUT, stage, label), args=args, iters=iters, model=model, lr=lr, seed=seed)
 
 def evals(d):
@@ -224,6 +226,11 @@ def ablation_runs():
             runs.append(dict(r, dir=os.path.join(OUT, 'beyond', f'{label}_s{s}')))
     return runs
 
+def default_runs():
+    """`python train.py` as a newcomer runs it (E-SPA, Muon since sec. 10.1), at three Muon rates, and with AdamW."""
+    return [run('default', 'espa', lr, iters=800, optimizer='muon', base=()) for lr in ('1e-2', '3e-3', '3e-2')] + \
+        [run('default', 'espa', '3e-3', iters=800, base=())]
+
 def restore(assets):
     """Rebuild the logs of finished and diverged runs from assets/study_curves.json, for a machine
     whose out/ was lost: those runs then count as done and are not run again. A run cut off midway
@@ -235,7 +242,7 @@ def restore(assets):
         tail = name.rsplit('_', 1)[-1]
         iters = int(tail) if tail.isdigit() else 1000
         finished = evs and evs[-1][0] == iters
-        diverged = not finished and name.split('/')[0] in ('sweep', 'seeds')   # stages that ran to completion
+        diverged = not finished and name.split('/')[0] in ('sweep', 'seeds', 'muon')   # stages that ran to completion
         if os.path.exists(os.path.join(d, 'log.jsonl')) or not (finished or diverged):
             continue
         os.makedirs(d, exist_ok=True)
@@ -305,6 +312,18 @@ def write_tables(assets):
         compare.plot_bands({**{f'{m} muon': g for m, g in muon_groups.items() if g},
                             **{f'{m} adamw': groups[m] for m in MUON if groups.get(m)}},
                            os.path.join(assets, 'loss_curves_muon.png'), 'AdamW and Muon, 3 seeds each')
+        # the long runs with Muon, against Muon's 1,000-step baselines
+        long_muon = {m: [run('long', m, mlr[m], s, iters=3000, optimizer='muon') for s in SEEDS] for m in VANILLA}
+        out['long_muon'], lm_groups = seed_rows(long_muon, {b: curves(muon_runs[b]) for b in ('preln', 'preln-espa')})
+        if any(lm_groups.values()):
+            compare.plot_bands({**{f'{m} muon': g for m, g in lm_groups.items() if g},
+                                **{f'{m} adamw': g for m, g in long_groups.items() if g}},
+                               os.path.join(assets, 'loss_curves_long_muon.png'), 'vanilla variants, 3,000 steps, AdamW and Muon')
+    # `python train.py` itself: Muon at three rates and AdamW, one seed
+    out['default'] = {os.path.basename(r['dir']): compare.read_log(r['dir']) for r in default_runs() if state(r) == 'done'}
+    if out['default']:
+        compare.plot_bands({k: {1337: v} for k, v in out['default'].items()}, os.path.join(assets, 'loss_curves_default.png'),
+                           'python train.py: E-SPA, depth 24, width 128, T 128, 800 steps, seed 1337')
     # ablations (400 steps, one seed) and the two changes beyond the paper (1,000 steps, three seeds)
     out['ablations'] = {os.path.basename(r['dir']): (final_loss(r) if state(r) == 'done' else 'diverged')
                         for r in ablation_runs() if state(r) != 'todo'}
@@ -355,6 +374,15 @@ def markdown(out):
             lines.append(f"- {m}: " + ', '.join(f"{lr}: {num(v)}" for lr, v in sorted(row.items(), key=lambda kv: float(kv[0])))
                          + f" -> {out['muon_chosen_lr'][m]}")
         lines += seed_table('muon (1000 steps)', out['muon'], ['preln', 'preln-espa'])
+        lines += seed_table('long with muon (3000 steps) against the 1000-step muon baselines', out.get('long_muon', []),
+                            ['preln', 'preln-espa'])
+    if out.get('default'):
+        steps = [0, 200, 400, 600, 800]
+        lines += ['', '## python train.py (800 steps, seed 1337): val loss at step', '',
+                  '| run | ' + ' | '.join(map(str, steps)) + ' |', '| --- ' * (len(steps) + 1) + '|']
+        for label, evs in out['default'].items():
+            at = {e[0]: e[1] for e in evs}
+            lines.append(f"| {label} | " + ' | '.join(num(at[k]) if k in at else '' for k in steps) + ' |')
     lines += ['', '## ablations (400 steps)', ''] + [f"- {k}: {num(v)}" for k, v in out['ablations'].items()]
     lines += seed_table('beyond the paper (1000 steps)', out['beyond'], ['preln'])
     return '\n'.join(lines) + '\n'
@@ -382,6 +410,11 @@ def main(argv):
             lr_sweep(pick(MUON), ['1e-2', '3e-2', '1e-1'], lambda m, lr: run('muon', m, lr, optimizer='muon'), jobs, dry_run)
             execute([run('muon', m, chosen_lr(m, 'muon'), s, optimizer='muon') for m in pick(MUON) for s in SEEDS[1:]],
                     jobs, dry_run)
+        elif stage == 'long-muon':
+            execute([run('long', m, chosen_lr(m, 'muon'), s, iters=3000, optimizer='muon') for s in SEEDS
+                     for m in pick(VANILLA)], jobs, dry_run)
+        elif stage == 'default':
+            execute(default_runs(), jobs, dry_run)
         elif stage == 'ablations':
             execute(ablation_runs(), jobs, dry_run)
         elif stage == 'restore':
