@@ -267,7 +267,8 @@ def resume_config(cfg, given, ckpt, machine_keys):
 
 
 def check_architecture(ckpt, path, model_args, given, model_name):
-    """A checkpoint only resumes into the model it was saved from: an architecture key set now must agree."""
+    """A checkpoint only resumes into the model it was saved from: an architecture key set now must agree.
+    Returns the saved model's GPTConfig fields."""
     saved_model = ckpt['config'].get('model')
     if 'model' in given and saved_model is not None and model_name != saved_model:
         raise CheckpointError(f"{path} holds a --model={saved_model} run; you asked for --model={model_name}. "
@@ -278,6 +279,7 @@ def check_architecture(ckpt, path, model_args, given, model_name):
         raise CheckpointError(f"{path} was trained with a different architecture: {', '.join(diff)}. A checkpoint "
                               f"only resumes into the model it was saved from: drop those settings, or start a "
                               f"new run in another --out_dir.")
+    return dict(ckpt['model_args'])
 
 
 def check_tokenizer(ckpt, path, meta, name, data_dir):

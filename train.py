@@ -163,16 +163,13 @@ def get_lr(it, c):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c['learning_rate'] - min_lr)
 
 def model_args_for(cfg, given, ckpt, ckpt_path):
-    """The GPTConfig fields of the run: the preset with the keys you set, or the checkpoint's."""
+    """The GPTConfig fields of the run: the preset with the keys you set, or the checkpoint's (which must agree)."""
     overrides = {k: cfg[k] for k in ARCH_KEYS if cfg[k] is not None}
     try:
         args = dataclasses.asdict(config_for(cfg['model'], block_size=cfg['block_size'], **overrides))
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
-    if ckpt is None:
-        return args
-    checkpoint.check_architecture(ckpt, ckpt_path, args, given, cfg['model'])
-    return dict(ckpt['model_args'])
+    return args if ckpt is None else checkpoint.check_architecture(ckpt, ckpt_path, args, given, cfg['model'])
 
 def build(cfg, model_args, meta, ckpt, ckpt_path, device, dtype, rank, world_size):
     """The model, its optimizers, the loss scaler and the run state: new, or as the checkpoint saved them."""
