@@ -8,9 +8,11 @@ Speed and memory of every preset, measured side by side in one run (issue 5).
 
 Every preset is built up front. After warm-up come rounds of one training step (forward, backward,
 AdamW) and one forward pass (no_grad) per preset, the order rotated each round, so machine noise
-(other jobs on a shared CPU, GPU clocks) hits every preset alike; we report medians. ratio_to_preln
-is the median over rounds of preln's step time / the preset's step time in the same round: paired,
-so slow drifts in machine load cancel. preln is added to the run when not asked for.
+(other jobs on a shared CPU, GPU clocks) hits every preset alike; we report medians. Every preset
+steps with AdamW, so that the rows compare architectures, not optimizers (Muon, the vanilla presets'
+default, costs more per step: README "Training"). ratio_to_preln is the median over rounds of
+preln's step time / the preset's step time in the same round: paired, so slow drifts in machine
+load cancel. preln is added to the run when not asked for.
 
 The reference row, torch-ref, is always in the run: preln's architecture built from torch's own
 nn.TransformerEncoderLayer(norm_first=True, activation='gelu', dim_feedforward=4 n_embd, bias=False,

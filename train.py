@@ -1,7 +1,7 @@
 """
 Train a deep transformer without shortcuts (He et al., ICLR 2023), nanoGPT style.
 
-    python train.py                                    # espa, 24 layers, on the embedded pydocs corpus
+    python train.py                                    # espa, 24 layers, Muon, on the embedded pydocs corpus
     python train.py --model=preln --max_iters=500      # any preset in model.PRESETS, any key below
     python train.py config/paper.py config/wikitext103.py --n_layer=72
     torchrun --standalone --nproc_per_node=8 train.py config/paper.py config/c4.py

@@ -11,6 +11,7 @@ second driver (another shell) share a stage: each run is claimed with mkdir befo
     python config/study/study.py scale2      # depth 36, width 128, T = 128, 2000 steps (config/study/scale2.py)
     python config/study/study.py muon        # the same grid with optimizer=muon (lr sweep, then three seeds)
     python config/study/study.py long-muon   # the long runs with Muon at its swept rate
+    python config/study/study.py scale2-muon # E-SPA at the second scale with its default optimizer (Muon, muon_lr 1e-2)
     python config/study/study.py default     # `python train.py` itself (E-SPA, 24 x 128, T 128, 800 steps): muon_lr sweep, and AdamW
     python config/study/study.py ablations   # what the vanilla E-SPA recipe needs
     python config/study/study.py table       # the tables (out/study/*.json) and plots (assets/) of the README
@@ -296,6 +297,7 @@ def write_tables(assets):
                        os.path.join(assets, 'loss_curves_long.png'), 'vanilla variants for 3x the budget')
     # the second scale, one seed
     s2 = {m: [run('scale2', m, out['chosen_lr'][m], iters=2000, extra=['config/study/scale2.py'])] for m in SCALE2}
+    s2['espa muon'] = [run('scale2', 'espa', '1e-2', iters=2000, extra=['config/study/scale2.py'], optimizer='muon')]
     s2_bases = {b: curves(s2[b]) for b in ('preln', 'preln-espa')}
     out['scale2'], s2_groups = seed_rows(s2, s2_bases, partial=True)
     if any(s2_groups.values()):
@@ -413,6 +415,9 @@ def main(argv):
         elif stage == 'long-muon':
             execute([run('long', m, chosen_lr(m, 'muon'), s, iters=3000, optimizer='muon') for s in SEEDS
                      for m in pick(VANILLA)], jobs, dry_run)
+        elif stage == 'scale2-muon':
+            execute([run('scale2', m, '1e-2', iters=2000, extra=['config/study/scale2.py'], optimizer='muon')
+                     for m in pick(['espa'])], jobs, dry_run)
         elif stage == 'default':
             execute(default_runs(), jobs, dry_run)
         elif stage == 'ablations':
