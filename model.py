@@ -408,7 +408,7 @@ class GPT(nn.Module):
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw',
-                             muon_lr=0.02, muon_momentum=0.95, muon_adjust_lr='original'):
+                             muon_lr=0.03, muon_momentum=0.95, muon_adjust_lr='original'):
         """A list of optimizers over parameter groups by role, not by ndim. Linear and Embedding weights
         decay; biases, LayerNorm weights and attention gains never do. With block_lr_rule='depth',
         everything inside the blocks trains at lr / n_layer: with 2L weight matrices in series, each

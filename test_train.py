@@ -475,7 +475,7 @@ def test_the_vanilla_presets_train_with_muon_by_default(model, optimizer, data_d
     their default; the presets with skips or norms keep AdamW. The choice is saved and resumed."""
     out = str(tmp_path / 'out')
     r = tiny_run(out, data_dir, f'--model={model}', '--max_iters=2', '--eval_interval=2')
-    assert ('Muon lr 0.01 + AdamW' in r.stdout) == (optimizer == 'muon'), r.stdout
+    assert ('Muon lr 0.03 + AdamW' in r.stdout) == (optimizer == 'muon'), r.stdout
     ck = load(os.path.join(out, 'ckpt.pt'))
     assert ck['config']['optimizer'] == optimizer and len(ck['optimizer']) == 1 + (optimizer == 'muon')
     tiny_run(out, data_dir, '--init_from=resume', '--max_iters=4', '--eval_interval=2')

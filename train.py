@@ -64,7 +64,7 @@ DEFAULTS = dict(
     # optimizer: the vanilla presets train the blocks at learning_rate / n_layer (MATH.md sec. 10), and
     # their 2-D block weights with Muon (sec. 10.1); the others train everything with AdamW
     optimizer=None,          # adamw | muon (torch.optim.Muon for the 2-D block weights); None: the preset's, as above
-    muon_lr=0.01,            # Muon's peak lr (the same schedule and depth rule as learning_rate)
+    muon_lr=0.03,            # Muon's peak lr (same schedule and depth rule as learning_rate); swept for the default run (README)
     muon_momentum=0.95,
     muon_adjust_lr='original',  # torch.optim.Muon's adjust_lr_fn: original | match_rms_adamw
     learning_rate=3e-3,

@@ -228,8 +228,8 @@ def ablation_runs():
     return runs
 
 def default_runs():
-    """`python train.py` as a newcomer runs it (E-SPA, Muon since sec. 10.1), at three Muon rates, and with AdamW."""
-    return [run('default', 'espa', lr, iters=800, optimizer='muon', base=()) for lr in ('1e-2', '3e-3', '3e-2')] + \
+    """`python train.py` as a newcomer runs it (E-SPA, Muon since sec. 10.1), at four Muon rates, and with AdamW."""
+    return [run('default', 'espa', lr, iters=800, optimizer='muon', base=()) for lr in ('1e-2', '3e-3', '3e-2', '1e-1')] + \
         [run('default', 'espa', '3e-3', iters=800, base=())]
 
 def restore(assets):
