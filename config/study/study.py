@@ -11,7 +11,7 @@ second driver (another shell) share a stage: each run is claimed with mkdir befo
     python config/study/study.py scale2      # depth 36, width 128, T = 128, 2000 steps (config/study/scale2.py)
     python config/study/study.py muon        # the same grid with optimizer=muon (lr sweep, then three seeds)
     python config/study/study.py long-muon   # the long runs with Muon at its swept rate
-    python config/study/study.py scale2-muon # E-SPA at the second scale with its default optimizer (Muon, muon_lr 1e-2)
+    python config/study/study.py scale2-muon # E-SPA at the second scale with Muon at the study's muon_lr, 1e-2
     python config/study/study.py default     # `python train.py` itself (E-SPA, 24 x 128, T 128, 800 steps): muon_lr sweep, and AdamW
     python config/study/study.py ablations   # what the vanilla E-SPA recipe needs
     python config/study/study.py table       # the tables (out/study/*.json) and plots (assets/) of the README
@@ -48,7 +48,7 @@ def run(stage, model, lr, seed=1337, iters=1000, extra=(), optimizer='adamw', ba
     variant's swept rate for the embeddings, readout and gains. base=(): train.py's own defaults."""
     label = f"{model}{'-muon' if optimizer == 'muon' else ''}_lr{lr}_s{seed}" + (f"_{iters}" if iters != 1000 else '')
     rates = [f'--learning_rate={lr}', '--optimizer=adamw'] if optimizer == 'adamw' else \
-        [f'--learning_rate={chosen_lr(model) if base else 3e-3}', '--optimizer=muon', f'--muon_lr={lr}']
+        [f'--learning_rate={chosen_lr(model) if base else 3e-3}', '--optimizer=muon', f'--muon_lr={lr}']  # 3e-3: train.py's
     args = [*base, f'--model={model}', *rates, f'--seed={seed}', f'--max_iters={iters}', *extra]
     return dict(dir=os.path.join(OUT, stage, label), args=args, iters=iters, model=model, lr=lr, seed=seed)
 
@@ -321,7 +321,7 @@ def write_tables(assets):
             compare.plot_bands({**{f'{m} muon': g for m, g in lm_groups.items() if g},
                                 **{f'{m} adamw': g for m, g in long_groups.items() if g}},
                                os.path.join(assets, 'loss_curves_long_muon.png'), 'vanilla variants, 3,000 steps, AdamW and Muon')
-    # `python train.py` itself: Muon at three rates and AdamW, one seed
+    # `python train.py` itself: Muon at four rates and AdamW, one seed
     out['default'] = {os.path.basename(r['dir']): compare.read_log(r['dir']) for r in default_runs() if state(r) == 'done'}
     if out['default']:
         compare.plot_bands({k: {1337: v} for k, v in out['default'].items()}, os.path.join(assets, 'loss_curves_default.png'),
