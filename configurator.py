@@ -29,7 +29,8 @@ import re
 import sys
 import types as _types
 
-__all__ = ['ConfigError', 'configure', 'format_help', 'key_comments', 'command_line']
+__all__ = ['ConfigError', 'configure', 'format_help', 'key_comments', 'command_line',
+           'did_you_mean']
 
 
 class ConfigError(Exception):
@@ -45,21 +46,27 @@ def _type_name(t):
             tuple: 'a tuple', list: 'a list', dict: 'a dict'}.get(t, t.__name__)
 
 
-def _closest(key, valid):
-    """Up to three valid keys that look like `key`, for 'did you mean' hints."""
-    valid = list(valid)
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    if not close:  # abbreviations: 'lr' -> 'learning_rate' (initials), 'accum' -> '..._accumulation_...'
-        initials = [k for k in valid if ''.join(p[:1] for p in k.split('_')) == key]
-        parts = [k for k in valid if len(key) >= 3 and (key in k or (len(k) >= 3 and k in key))]
+def closest(word, choices):
+    """Up to three of `choices` that look like `word`: close spellings, else initials ('lr' ->
+    'learning_rate') or a shared part ('accum' -> 'gradient_accumulation_steps')."""
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(word), choices, n=3, cutoff=0.6)
+    if not close:
+        initials = [k for k in choices if ''.join(p[:1] for p in k.split('_')) == word]
+        parts = [k for k in choices if len(word) >= 3 and (word in k or (len(k) >= 3 and k in word))]
         close = list(dict.fromkeys(initials + parts))[:3]
     return close
 
 
+def did_you_mean(word, choices):
+    """"did you mean 'a' or 'b'?" for the choices that look like `word`, else '': the one hint
+    of every error about a name (config keys, presets, model settings, files)."""
+    close = closest(word, choices)
+    return ('did you mean ' + ' or '.join(f"'{c}'" for c in close) + '?') if close else ''
+
+
 def _unknown_key_message(key, where, valid):
-    close = _closest(key, valid)
-    hint = ('did you mean ' + ' or '.join(f"'{k}'" for k in close) + '?') if close \
-        else 'no valid key looks like it.'
+    hint = did_you_mean(key, valid) or 'no valid key looks like it.'
     return (f"unknown config key '{key}' ({where}): {hint} "
             f"Run with --help to list every key and its default.")
 
