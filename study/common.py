@@ -1,6 +1,7 @@
 # The small-scale study of README "Results": every variant sees the same data, the same model size
-# and the same token budget; only the preset and its swept learning rate differ (the variant files).
-#   python train.py config/study/common.py config/study/espa.py
+# and the same token budget; only the preset and its learning rate differ (study/rates.json holds
+# the rates the sweep chose; study/study.py passes them on the command line):
+#   python train.py study/common.py --model=espa --learning_rate=3e-3
 # A deep, narrow model so that a 2-core CPU runs all nine variants in well under an hour.
 dataset = 'pydocs'
 n_layer = 24

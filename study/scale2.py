@@ -1,5 +1,5 @@
 # The second scale of the study (README "Results"): deeper, wider, longer context, on the same 2-core CPU.
-#   python config/study/study.py scale2      (or: python train.py config/study/common.py config/study/scale2.py --model=espa)
+#   python study/study.py scale2      (or: python train.py study/common.py study/scale2.py --model=espa)
 n_layer = 36
 n_embd = 128
 n_head = 4

@@ -1,4 +1,0 @@
-# Study variant: espa-skip (python train.py config/study/common.py config/study/espa-skip.py)
-model = 'espa-skip'
-learning_rate = 3e-3   # best of the sweep (bash config/study/sweep.sh); README "Results"
-out_dir = 'out/study/espa-skip'
