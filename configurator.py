@@ -1,7 +1,7 @@
 """
 Config overrides, nanoGPT style, but as a function you can test.
 
-    python train.py config/tiny.py --n_layer=36 --learning_rate=1e-3
+    python train.py config/quick.py --n_layer=36 --learning_rate=1e-3
 
 Positional arguments are Python config files: plain assignments (`max_iters = 2000`) executed in a
 fresh namespace that already holds the current values, so `lr_decay_iters = max_iters` works.
@@ -53,7 +53,8 @@ def closest(word, choices):
     close = difflib.get_close_matches(str(word), choices, n=3, cutoff=0.6)
     if not close:
         initials = [k for k in choices if ''.join(p[:1] for p in k.split('_')) == word]
-        parts = [k for k in choices if len(word) >= 3 and (word in k or (len(k) >= 3 and k in word))]
+        parts = [k for k in choices
+                 if len(word) >= 3 and (word in k or (len(k) >= 3 and k in word))]
         close = list(dict.fromkeys(initials + parts))[:3]
     return close
 
@@ -71,35 +72,33 @@ def _unknown_key_message(key, where, valid):
             f"Run with --help to list every key and its default.")
 
 
+def _expected_type(key, default, types):
+    """The type a key's values must have: the one `types` names, else its default's; None: any."""
+    return (types or {}).get(key) or (None if default is None else type(default))
+
+
 def _coerce(key, value, default, where, types=None):
     """Return `value` converted to the type the key expects, or raise ConfigError."""
-    expected = types.get(key) if types else None
-    if default is None and expected is None:
+    t = _expected_type(key, default, types)
+    if t is None:
         return value  # free-form key: any literal goes
     if default is None and value is None:
         return None   # typed key that defaults to None ("let the preset decide") accepts None back
-    t = expected if expected is not None else type(default)
 
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = None
     if t is bool:
-        if isinstance(value, bool):
-            ok = value
+        ok = value if isinstance(value, bool) else None
     elif t is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if number and isinstance(value, int):
             ok = value
-        elif isinstance(value, float) and value.is_integer():
+        elif number and value.is_integer():
             ok = int(value)
     elif t is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            ok = float(value)
-        elif isinstance(value, str):
-            try:
-                ok = float(value)  # 'inf', '-inf', 'nan'
-            except ValueError:
-                ok = None
-    elif t is str:
-        if isinstance(value, str):
-            ok = value
+        try:   # float() also reads 'inf' and 'nan'; an int past 1e308 overflows
+            ok = float(value) if number or isinstance(value, str) else None
+        except (ValueError, OverflowError):
+            ok = None
     elif isinstance(value, t):
         ok = value
     if ok is None:
@@ -138,26 +137,22 @@ def _assigned_lines(tree):
 
 def _load_config_file(path, config, defaults, types):
     if not os.path.exists(path):
-        hint = ''
         folder = os.path.dirname(path) or '.'
-        if os.path.isdir(folder):
-            names = [n for n in os.listdir(folder) if n.endswith('.py')]
-            close = difflib.get_close_matches(os.path.basename(path), names, n=3, cutoff=0.5)
-            if close:
-                hint = ' Did you mean ' + ' or '.join(os.path.join(os.path.dirname(path), c)
-                                                      for c in close) + '?'
-        raise ConfigError(f"config file '{path}' does not exist (looked from {os.getcwd()}).{hint} "
-                          f"Pass the path of a Python file of assignments such as config/tiny.py, "
-                          f"or overrides as --key=value.")
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        hint = did_you_mean(os.path.basename(path), [n for n in names if n.endswith('.py')])
+        raise ConfigError(f"config file '{path}' does not exist (looked from {os.getcwd()})."
+                          + (f" In {folder}/, {hint}" if hint else '')
+                          + " Pass the path of a Python file of assignments such as "
+                          "config/quick.py, or overrides as --key=value.")
     if not os.path.isfile(path):
         raise ConfigError(f"config file '{path}' is not a regular file; pass a Python file of "
-                          f"assignments such as config/tiny.py.")
+                          f"assignments such as config/quick.py.")
     try:
         with open(path, encoding='utf-8') as f:
             source = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file '{path}': {e}. It should be a UTF-8 Python file "
-                          f"of assignments such as `max_iters = 2000`.") from None
+        raise ConfigError(f"cannot read config file '{path}': {e}. It should be a UTF-8 Python "
+                          f"file of assignments such as `max_iters = 2000`.") from None
     try:
         tree = ast.parse(source, filename=path)
         code = compile(tree, path, 'exec')
@@ -231,14 +226,14 @@ def configure(defaults, argv, types=None, given=None):
             key = key.replace('-', '_')  # --n-layer is --n_layer
             if key not in config:
                 raise ConfigError(_unknown_key_message(key, arg, config))
-            expected = (types or {}).get(key) or (type(defaults[key]) if defaults[key] is not None else None)
-            value = _parse_value(text, expected is str)
+            value = _parse_value(text, _expected_type(key, defaults[key], types) is str)
             config[key] = _coerce(key, value, defaults[key], arg, types)
             if given is not None:
                 given.add(key)
         elif arg.startswith('-') and arg not in ('-',):
             raise ConfigError(f"'{arg}' is not understood: overrides are written --key=value "
-                              f"(two dashes), e.g. --max_iters=500; config files are given as a path.")
+                              f"(two dashes), e.g. --max_iters=500; config files are given as "
+                              f"a path.")
         else:
             updates = _load_config_file(arg, config, defaults, types)
             config.update(updates)
