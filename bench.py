@@ -32,7 +32,6 @@ Memory (bytes handed out by the allocator, not RSS, which counts caching and lib
   order to find the peak: best effort, it misses buffers that intra-op worker threads allocate.
 """
 import contextlib
-import difflib
 import itertools
 import json
 import math
@@ -48,7 +47,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import model as gpt
-from configurator import ConfigError, configure, format_help, key_comments
+from configurator import ConfigError, configure, did_you_mean, format_help, key_comments
+from hardware import device_and_dtype, peak_flops
+from optim import configure_optimizers
 
 DEFAULTS = dict(
     models='all',         # comma-separated presets, or all
@@ -58,13 +59,13 @@ DEFAULTS = dict(
     block_size=256,       # T, the sequence length of every batch
     batch_size=4,
     vocab_size=256,       # 50304 for a GPT-2-sized readout
-    device='auto',        # auto (cuda if there is one) | cpu | cuda | cuda:N (model.device_and_dtype)
+    device='auto',        # auto (cuda if there is one) | cpu | cuda | cuda:N (hardware.device_and_dtype)
     dtype='auto',         # auto (bfloat16 on a cuda GPU that has it, else float32) | float32 | bfloat16
     compile=False,        # torch.compile every model
     threads=0,            # CPU threads for the timed work; 0: torch's default
     steps=10,             # timed rounds (one training step and one forward pass per preset each)
     warmup=2,             # untimed rounds first: lazy init, AdamW state, compilation
-    peak_flops=None,      # device peak FLOP/s for MFU; None: model.peak_flops (known GPUs only)
+    peak_flops=None,      # device peak FLOP/s for MFU; None: hardware.peak_flops (known GPUs only)
     mem_scaling=False,    # also measure memory at T and 2T for every preset
     json='',              # write the results here
     seed=0,               # weights and batch; the same for every preset
@@ -86,8 +87,8 @@ def parse(argv):
         raise BenchError(f"--models is empty; give presets such as --models=preln,espa, or all ({', '.join(gpt.PRESETS)})")
     for name in names:
         if name not in gpt.PRESETS and name != REF:
-            close = difflib.get_close_matches(name, list(gpt.PRESETS) + [REF], n=1)
-            raise BenchError(f"unknown preset {name!r} in --models" + (f" (did you mean {close[0]}?)" if close else '')
+            hint = did_you_mean(name, list(gpt.PRESETS) + [REF])
+            raise BenchError(f"unknown preset {name!r} in --models" + (f" ({hint})" if hint else '')
                              + f"; valid presets: {', '.join(gpt.PRESETS)} (or all); {REF} is always in the run")
     names = [n for n in dict.fromkeys(names) if n != REF]     # drop repeats, keep the order
     if 'preln' not in names:
@@ -97,7 +98,7 @@ def parse(argv):
         raise BenchError("--dtype=float16 is not supported by bench.py: training in float16 needs a loss "
                          "scaler, which bench has not; use --dtype=bfloat16 or --dtype=float32")
     try:
-        device, dtype, autocast = gpt.device_and_dtype(cfg['device'], cfg['dtype'])
+        device, dtype, autocast = device_and_dtype(cfg['device'], cfg['dtype'])
     except ValueError as e:
         raise BenchError(str(e)) from None
     if device == 'mps':
@@ -179,7 +180,7 @@ class TorchReference(nn.Module):
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """[AdamW] over GPT.configure_optimizers' groups for preln: weight matrices and embeddings
+        """[AdamW] over optim.configure_optimizers' groups for preln: weight matrices and embeddings
         decay, LayerNorm weights (and biases) do not; the same group order and flags."""
         params = list(self.parameters())           # the tied readout once
         groups = [dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0, lr_scale=1.0, lr=learning_rate),
@@ -213,7 +214,8 @@ def build(name, cfg, device, block_size=None):
     torch.manual_seed(cfg['seed'])                             # every preset starts from the same randomness
     with one_thread():
         raw = (TorchReference if name == REF else gpt.GPT)(model_config(name, cfg, block_size)).to(device)
-    opts = raw.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
+    args = (0.1, 1e-4, (0.9, 0.95), device.type)   # weight decay, lr, betas: AdamW for every row
+    opts = raw.configure_optimizers(*args) if name == REF else configure_optimizers(raw, *args)
     attn = raw.config.attn
     if name == REF:
         path = 'sdpa is_causal (nn.MultiheadAttention)'
@@ -412,14 +414,14 @@ def main(argv):
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # autocast from model.device_and_dtype, as train.py runs it: fp32 weights, bf16 compute
+    # autocast from hardware.device_and_dtype, as train.py runs it: fp32 weights, bf16 compute
     if cfg['compile']:
         # the presets share GPT.forward, so each one (and each grad mode) is a recompile of the same
         # code object; past dynamo's default limit of 8 it would silently run the rest eagerly
         for key in ('recompile_limit', 'cache_size_limit'):
             if hasattr(torch._dynamo.config, key):
                 setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), 8 * len(names) + 8))
-    peak = cfg['peak_flops'] or gpt.peak_flops(device)
+    peak = cfg['peak_flops'] or peak_flops(device)
     settings = {k: cfg[k] for k in DEFAULTS if k not in ('json', 'models')}
     settings.update(models=names, device=str(device), dtype=dtype, peak_flops=peak)
     results = {name: {} for name in names}

@@ -15,8 +15,6 @@ runs afterwards, so nothing overwrites them (the nanoGPT pitfall). Section numbe
 """
 import difflib
 import math
-import re
-from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
 import torch
@@ -332,32 +330,6 @@ class Block(nn.Module):
 
 # -----------------------------------------------------------------------------
 
-def newton_schulz_float32(grad, ns_coefficients, ns_steps, eps):
-    """torch.optim.Muon's orthogonalisation (torch/optim/_muon.py, _zeropower_via_newtonschulz: the
-    same quintic iteration, coefficients and normalisation) in float32 instead of bfloat16. Ours, for
-    CPUs only: without bf16 matrix units a bf16 matmul there is ~30x slower than float32 (9.0 vs 0.31 ms
-    for two 64 x 256 products on the study machine), which made a Muon step 8x slower than AdamW's."""
-    a, b, c = ns_coefficients
-    X = grad.float()
-    X = X.T if grad.size(0) > grad.size(1) else X
-    X = X / X.norm().clamp(min=eps)
-    for _ in range(ns_steps):
-        gram = X @ X.T
-        X = torch.addmm(X, torch.addmm(gram, gram, gram, beta=b, alpha=c), X, beta=a)
-    return X.T if grad.size(0) > grad.size(1) else X
-
-def use_float32_newton_schulz():
-    """Make torch.optim.Muon orthogonalise in float32 (newton_schulz_float32). Process-wide: Muon's step
-    looks the function up in its module at every call. Only configure_optimizers on a CPU calls it."""
-    from torch.optim import _muon
-    if not hasattr(_muon, '_zeropower_via_newtonschulz'):
-        raise ValueError(f"torch {torch.__version__}'s Muon has no _zeropower_via_newtonschulz to run in float32 "
-                         f"on CPU; train on a GPU, or use optimizer='adamw'.")
-    if _muon._zeropower_via_newtonschulz is not newton_schulz_float32:
-        _muon.library_newton_schulz = _muon._zeropower_via_newtonschulz   # kept, for the test that compares
-        _muon._zeropower_via_newtonschulz = newton_schulz_float32
-
-
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -406,39 +378,6 @@ class GPT(nn.Module):
             return self.lm_head(x[:, [-1], :]), None   # generation only needs the last position
         logits = self.lm_head(x)
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw',
-                             muon_lr=0.03, muon_momentum=0.95, muon_adjust_lr='original'):
-        """A list of optimizers over parameter groups by role, not by ndim. Linear and Embedding weights
-        decay; biases, LayerNorm weights and attention gains never do. With block_lr_rule='depth',
-        everything inside the blocks trains at lr / n_layer: with 2L weight matrices in series, each
-        moving its own share keeps the end-to-end change bounded (sec. 10). optimizer='muon': the 2-D
-        weights inside the blocks train with torch.optim.Muon at muon_lr (the same depth rule), the
-        rest with AdamW (sec. 10). Each group carries 'lr_scale': its lr is the schedule's lr times it."""
-        block_scale = 1.0 / self.config.n_layer if self.config.block_lr_rule == 'depth' else 1.0
-        groups, seen = {}, set()
-        for mname, module in self.named_modules():
-            for pname, p in module.named_parameters(recurse=False):
-                if id(p) in seen or not p.requires_grad:
-                    continue
-                seen.add(id(p))
-                in_block = mname.startswith('h.')
-                muon = optimizer == 'muon' and in_block and p.dim() == 2
-                decay = isinstance(module, (nn.Linear, nn.Embedding)) and pname == 'weight'
-                scale = (muon_lr / learning_rate if muon else 1.0) * (block_scale if in_block else 1.0)
-                groups.setdefault((muon, decay, scale), []).append(p)
-        make = lambda muon: [dict(params=ps, weight_decay=weight_decay if decay else 0.0, lr_scale=scale,
-                                  lr=learning_rate * scale) for (m, decay, scale), ps in sorted(groups.items()) if m == muon]
-        optimizers = [torch.optim.AdamW(make(False), lr=learning_rate, betas=betas, fused=device_type == 'cuda')]
-        if optimizer == 'muon':
-            if not hasattr(torch.optim, 'Muon'):
-                raise ValueError(f"optimizer='muon' needs torch.optim.Muon, which arrived in torch 2.9; this is "
-                                 f"torch {torch.__version__}. Upgrade torch, or use optimizer='adamw'.")
-            if device_type == 'cpu':
-                use_float32_newton_schulz()
-            optimizers.append(torch.optim.Muon(make(True), lr=muon_lr, momentum=muon_momentum,
-                                               adjust_lr_fn=muon_adjust_lr))
-        return optimizers
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -507,47 +446,6 @@ def measure_kernels(config, T, batch_size=8, seed=0):
 def predict_kernels(config, T, sigma0=None):
     """spa.predict_kernels for this model at init: n_layer + 1 T x T arrays."""
     return spa.predict_kernels(T, sigma0=sigma0, **predictor_args(config))
-
-# -----------------------------------------------------------------------------
-# where the model runs: device, dtype, the device's peak for MFU (one rule for train, sample, bench)
-
-def device_and_dtype(device='auto', dtype='auto'):
-    """(device, dtype name, autocast context). 'auto' is cuda when torch sees a GPU, else cpu; bfloat16
-    on a GPU that has it, else float32. ValueError with what to do when the asked-for one is missing."""
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):
-        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps (got {device!r})")
-    if device.startswith('cuda'):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device} was asked for, but torch {torch.__version__} sees no CUDA GPU; "
-                             f"use --device=cpu or --device=auto")
-        if ':' in device and int(device.split(':')[1]) >= torch.cuda.device_count():
-            raise ValueError(f"device={device}, but there are {torch.cuda.device_count()} CUDA devices")
-    if device == 'mps' and not torch.backends.mps.is_available():
-        raise ValueError("device=mps was asked for, but MPS is not available; use --device=cpu")
-    kind = device.split(':')[0]
-    if dtype == 'auto':
-        dtype = 'bfloat16' if kind == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
-    if dtype not in ('float32', 'bfloat16', 'float16'):
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16 (got {dtype!r})")
-    if dtype == 'float16' and kind != 'cuda':
-        raise ValueError("dtype=float16 needs a CUDA GPU (it trains with a loss scaler); use bfloat16 or float32")
-    ptdtype = dict(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)[dtype]
-    return device, dtype, nullcontext() if dtype == 'float32' else torch.autocast(kind, dtype=ptdtype)
-
-PEAK_BF16_FLOPS = {  # dense tensor-core peaks (no sparsity); the first name found in the device name wins
-    'H200': 989e12, 'H100': 989e12, 'GH200': 989e12, 'B200': 2250e12, 'A100': 312e12, 'A800': 312e12,
-    'L40S': 362e12, 'L40': 181e12, 'A6000': 155e12, 'L4': 121e12, 'A10': 125e12, '4090': 165e12,
-    '3090': 71e12, 'V100': 125e12, 'T4': 65e12,
-}
-
-def peak_flops(device):
-    """bf16 dense peak of a CUDA device from PEAK_BF16_FLOPS, or None (CPU, unknown GPU)."""
-    if torch.device(device).type != 'cuda' or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 # -----------------------------------------------------------------------------
 # command line: the predicted kernel layer by layer, and with --measure a real model next to it

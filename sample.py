@@ -17,7 +17,7 @@ import checkpoint
 import data
 from checkpoint import CheckpointError
 from configurator import ConfigError, command_line, configure, format_help
-from model import device_and_dtype
+from hardware import device_and_dtype
 
 DEFAULTS = dict(
     out_dir='out',        # reads out_dir/ckpt.pt ...

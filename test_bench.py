@@ -19,6 +19,7 @@ import torch._dynamo
 import bench
 import model
 from model import GPT, PRESETS, config_for
+from optim import configure_optimizers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # 'tat' presets need n_layer >= 4 for the default eta; 2 heads of 16 channels
@@ -151,7 +152,7 @@ def test_reference_has_prelns_parameters_and_computes_the_same_function():
     torch.testing.assert_close(loss_r, loss_g)
     # and the same optimizer work: AdamW over the same groups (decay: matrices and embeddings)
     sizes = lambda opts: [(g['weight_decay'], sorted(p.numel() for p in g['params'])) for o in opts for g in o.param_groups]
-    assert sizes(ref.configure_optimizers(0.1, 1e-4, (0.9, 0.95), 'cpu')) == sizes(gpt.configure_optimizers(0.1, 1e-4, (0.9, 0.95), 'cpu'))
+    assert sizes(ref.configure_optimizers(0.1, 1e-4, (0.9, 0.95), 'cpu')) == sizes(configure_optimizers(gpt, 0.1, 1e-4, (0.9, 0.95), 'cpu'))
 
 
 @pytest.mark.parametrize('mode', ['train', 'eval'])

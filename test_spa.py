@@ -13,8 +13,10 @@ import pytest
 import torch
 
 import model
+import optim
 import spa
 from model import GPT, PRESETS, Attention, GPTConfig, config_for, measure_kernels, predict_kernels, signal_plan
+from optim import configure_optimizers
 
 # -----------------------------------------------------------------------------
 # sec. 4-5: attention matrices
@@ -281,7 +283,7 @@ def test_gpt2_init_for_the_baselines():
 def test_optimizer_groups_by_role():
     cfg = config_for('vskipinit', n_layer=4, n_embd=32, block_size=16, bias=True)
     model = GPT(cfg)
-    opt, = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
+    opt, = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), 'cpu')
     group_of = {id(p): g for g in opt.param_groups for p in g['params']}
     assert sum(len(g['params']) for g in opt.param_groups) == len(group_of) == len(list(model.parameters()))
     for name, p in model.named_parameters():
@@ -292,7 +294,7 @@ def test_optimizer_groups_by_role():
         assert p.dtype == torch.float32
     assert any(n.endswith('.alpha') for n in dict(model.named_parameters()))
     preln = GPT(config_for('preln', n_layer=4, n_embd=32, block_size=16))
-    groups = preln.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')[0].param_groups
+    groups = configure_optimizers(preln, 0.1, 1e-3, (0.9, 0.95), 'cpu')[0].param_groups
     assert {g['lr_scale'] for g in groups} == {1.0}
     assert sum(len(g['params']) for g in groups) == len(list(preln.parameters()))  # tied weight counted once
 
@@ -431,7 +433,7 @@ def test_every_preset_builds_and_trains_from_one_to_four_layers(name):
     for n_layer in (1, 2, 3, 4):
         torch.manual_seed(0)
         m = GPT(config_for(name, n_layer=n_layer, n_embd=16, n_head=2, block_size=16))
-        opt = m.configure_optimizers(0.0, 3e-3, (0.9, 0.95), 'cpu')
+        opt = configure_optimizers(m, 0.0, 3e-3, (0.9, 0.95), 'cpu')
         x = torch.randint(0, 256, (4, 16))
         losses = []
         for _ in range(8):
@@ -448,7 +450,7 @@ def test_muon_groups_hold_exactly_the_block_matrices(name):
     """optimizer='muon': every 2-D weight inside the blocks goes to torch.optim.Muon, at muon_lr with the
     depth rule where it applies; embeddings, readout, gains, LayerNorms and biases stay with AdamW."""
     m = GPT(config_for(name, n_layer=4, n_embd=32, block_size=16, bias=True))
-    adamw, muon = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon', muon_lr=0.05)
+    adamw, muon = configure_optimizers(m, 0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon', muon_lr=0.05)
     assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
     in_muon = {id(p) for g in muon.param_groups for p in g['params']}
     in_adamw = {id(p) for g in adamw.param_groups for p in g['params']}
@@ -466,14 +468,14 @@ def test_muon_groups_hold_exactly_the_block_matrices(name):
 
 def test_muon_orthogonalises_in_float32_on_cpu_as_torch_does_in_bfloat16():
     """On a CPU, configure_optimizers makes torch.optim.Muon's Newton-Schulz run in float32
-    (model.newton_schulz_float32): the same iteration as torch's, equal within bfloat16 rounding."""
+    (optim.newton_schulz_float32): the same iteration as torch's, equal within bfloat16 rounding."""
     from torch.optim import _muon
-    GPT(config_for('espa', n_layer=2, n_embd=16, block_size=8)).configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon')
-    assert _muon._zeropower_via_newtonschulz is model.newton_schulz_float32
+    configure_optimizers(GPT(config_for('espa', n_layer=2, n_embd=16, block_size=8)), 0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon')
+    assert _muon._zeropower_via_newtonschulz is optim.newton_schulz_float32
     gen = torch.Generator().manual_seed(0)
     for shape in [(256, 64), (64, 256), (192, 64), (64, 64)]:
         g = torch.randn(*shape, generator=gen) * 1e-3
-        ours = model.newton_schulz_float32(g, (3.4445, -4.775, 2.0315), 5, 1e-7)
+        ours = optim.newton_schulz_float32(g, (3.4445, -4.775, 2.0315), 5, 1e-7)
         theirs = _muon.library_newton_schulz(g, (3.4445, -4.775, 2.0315), 5, 1e-7)
         assert ours.dtype == torch.float32 and ours.shape == g.shape
         assert (ours - theirs.float()).abs().max() < 0.05 * ours.abs().max(), shape      # bf16: ~2% apart
@@ -483,4 +485,4 @@ def test_muon_orthogonalises_in_float32_on_cpu_as_torch_does_in_bfloat16():
 def test_muon_needs_a_torch_that_has_it(monkeypatch):
     monkeypatch.delattr(torch.optim, 'Muon')
     with pytest.raises(ValueError, match=r"torch.optim.Muon, which arrived in torch 2.9.*optimizer='adamw'"):
-        GPT(config_for('espa', n_layer=2, n_embd=16, block_size=8)).configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon')
+        configure_optimizers(GPT(config_for('espa', n_layer=2, n_embd=16, block_size=8)), 0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon')

@@ -30,7 +30,9 @@ import data
 import report
 from checkpoint import CheckpointError, RunState
 from configurator import ConfigError, command_line, configure, format_help, key_comments
-from model import GPT, GPTConfig, config_for, device_and_dtype, peak_flops
+from hardware import device_and_dtype, peak_flops
+from model import GPT, GPTConfig, config_for
+from optim import configure_optimizers
 from report import say
 
 # -----------------------------------------------------------------------------
@@ -183,9 +185,10 @@ def build(cfg, model_args, meta, ckpt, ckpt_path, device, dtype, rank, world_siz
         raw_model, state = checkpoint.model_from(ckpt, ckpt_path), RunState.of(ckpt)
     raw_model.to(device)
     try:
-        optimizers = raw_model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], (cfg['beta1'], cfg['beta2']),
-                                                    device.split(':')[0], cfg['optimizer'], cfg['muon_lr'],
-                                                    cfg['muon_momentum'], cfg['muon_adjust_lr'])
+        optimizers = configure_optimizers(raw_model, cfg['weight_decay'], cfg['learning_rate'],
+                                          (cfg['beta1'], cfg['beta2']), device.split(':')[0],
+                                          cfg['optimizer'], cfg['muon_lr'], cfg['muon_momentum'],
+                                          cfg['muon_adjust_lr'])
     except ValueError as e:
         raise ConfigError(str(e)) from None
     scaler = torch.amp.GradScaler(device.split(':')[0], enabled=dtype == 'float16')
