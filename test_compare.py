@@ -1,9 +1,11 @@
-"""compare.py turns runs' log.jsonl into the study table."""
+"""study/compare.py turns runs' log.jsonl into the study table."""
 import builtins
 import json
 import os
+import sys
 
-import compare
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'study'))
+import compare  # noqa: E402
 
 
 def _write_run(tmp_path, name, curve):
@@ -39,8 +41,8 @@ def test_table_counts_steps_to_the_baseline_loss(tmp_path, capsys):
 
 def test_errors_and_missing_matplotlib(tmp_path, capsys, monkeypatch):
     espa = _write_run(tmp_path, 'espa', [(0, 5.5), (100, 3.0)])
-    assert compare.main([espa]) == 2                     # no 'preln' run to compare with
-    assert "baseline run 'preln' not among espa" in capsys.readouterr().err
+    assert compare.main([espa, '--baseline=preln']) == 2     # a baseline asked for must be there
+    assert "baseline 'preln' is not among espa" in capsys.readouterr().err
     assert compare.main([str(tmp_path / 'missing')]) == 2
     (tmp_path / 'bad').mkdir()
     (tmp_path / 'bad' / 'log.jsonl').write_text('{"kind": "eval", "iter": 0, "val_lo')
@@ -51,6 +53,22 @@ def test_errors_and_missing_matplotlib(tmp_path, capsys, monkeypatch):
                         if name.startswith('matplotlib') else real_import(name, *a, **k))
     assert compare.main([espa, '--baseline=espa', f'--plots={tmp_path}']) == 0
     assert 'pip install matplotlib' in capsys.readouterr().out
+
+
+def test_one_run_without_a_baseline(tmp_path, capsys):
+    """`python study/compare.py out` after a plain `python train.py`: one run, no preln beside it.
+    Its table has no baseline columns, and its curve lands in its own folder."""
+    import pytest
+    pytest.importorskip('matplotlib')
+    out = _write_run(tmp_path, 'out', [(0, 5.5), (100, 3.0), (200, 2.75)])
+    out_json = tmp_path / 't.json'
+    assert compare.main([out, f'--json={out_json}']) == 0
+    text = capsys.readouterr().out
+    assert 'baseline' not in text and 'steps ratio' not in text
+    assert text.splitlines()[2].split() == ['out', '200', '2.7500', '2.7500']
+    table = json.loads(out_json.read_text())
+    assert table['baseline'] is None and 'ratio' not in table['rows'][0]
+    assert os.path.isfile(os.path.join(out, 'loss_curves.png')) and f"wrote {out}" in text
 
 
 def test_unigram_loss_of_a_known_distribution():
@@ -82,9 +100,23 @@ def test_seed_groups_mean_range_and_ratios_against_the_same_seed(tmp_path, capsy
     assert 'NAME_sSEED' in capsys.readouterr().err
 
 
-def test_band_plot_is_written(tmp_path):
+def test_band_plot_draws_the_mean_and_the_range_of_the_seeds(tmp_path, monkeypatch):
     import pytest
     pytest.importorskip('matplotlib')
-    groups = {'a': {1: [(0, 5.0, None), (10, 4.0, None)], 2: [(0, 5.0, None), (10, 3.0, None)]}}
-    path = compare.plot_bands(groups, str(tmp_path / 'p' / 'bands.png'))
-    assert os.path.getsize(path) > 1000
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, 'close', figures.append)   # keep the figure to look at what it drew
+    seeds = {1: [(0, 5.0, None), (10, 4.0, None), (20, 3.5, None)],
+             2: [(0, 5.0, None), (10, 3.0, None)],            # stopped early: only shared steps count
+             3: [(0, 5.0, None), (10, 3.5, None), (20, 3.0, None)]}
+    assert compare.bands(seeds) == ([0, 10], [5.0, 3.5], [5.0, 3.0], [5.0, 4.0])
+    path = compare.plot_bands({'a': seeds, 'b': {1: seeds[1]}}, str(tmp_path / 'p' / 'bands.png'))
+    assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    ax = figures[0].axes[0]
+    assert [list(line.get_ydata()) for line in ax.lines] == [[5.0, 3.5], [5.0, 4.0, 3.5]]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ['a (3 seeds)', 'b (1 seeds)']
+    band = ax.collections[0].get_paths()[0].vertices    # one band: 'b' has a single seed
+    assert len(ax.collections) == 1
+    assert (band[:, 1].min(), band[:, 1].max()) == (3.0, 5.0)
+    at_10 = band[band[:, 0] == 10][:, 1]
+    assert min(at_10) == 3.0 and max(at_10) == 4.0
