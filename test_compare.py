@@ -12,23 +12,25 @@ def _write_run(tmp_path, name, curve):
     run = tmp_path / name
     run.mkdir()
     with open(run / 'log.jsonl', 'w') as f:
-        f.write(json.dumps(dict(kind='diag', iter=0, corr=[0.1, 0.9])) + '\n')   # ignored: not an eval
+        f.write(json.dumps(dict(kind='diag', iter=0, corr=[0.1, 0.9])) + '\n')   # not an eval
         for it, val in curve:
-            f.write(json.dumps(dict(kind='eval', iter=it, train_loss=val + 0.01, val_loss=val, lr=1e-3,
-                                    tokens=it * 100, elapsed_s=it / 10)) + '\n')
+            f.write(json.dumps(dict(kind='eval', iter=it, train_loss=val + 0.01, val_loss=val,
+                                    lr=1e-3, tokens=it * 100, elapsed_s=it / 10)) + '\n')
     return str(run)
 
 
 def test_table_counts_steps_to_the_baseline_loss(tmp_path, capsys):
     preln = _write_run(tmp_path, 'preln', [(0, 5.5), (100, 3.0), (200, 2.5)])
-    espa = _write_run(tmp_path, 'espa', [(0, 5.5), (100, 3.2), (200, 2.8), (300, 2.6), (400, 2.5), (500, 2.4)])
+    espa = _write_run(tmp_path, 'espa', [(0, 5.5), (100, 3.2), (200, 2.8), (300, 2.6), (400, 2.5),
+                                         (500, 2.4)])
     slow = _write_run(tmp_path, 'vanilla', [(0, 5.5), (250, 3.2)])
-    later = _write_run(tmp_path, 'uspa', [(0, 5.5), (250, 2.9)])   # preln's step-100 loss, at step 250
+    later = _write_run(tmp_path, 'uspa', [(0, 5.5), (250, 2.9)])   # preln's step-100 loss at 250
     out_json = tmp_path / 'table.json'
     assert compare.main([preln, espa, slow, later, '--unigram=3.23', f'--json={out_json}']) == 0
     text = capsys.readouterr().out
     rows = {r['run']: r for r in json.loads(out_json.read_text())['rows']}
-    assert rows['espa']['steps_to_baseline'] == 400 and rows['espa']['ratio'] == 2.0   # 2.5 at 400 vs 200
+    assert rows['espa']['steps_to_baseline'] == 400
+    assert rows['espa']['ratio'] == 2.0   # 2.5 at 400 vs 200
     assert rows['espa']['baseline_step'] == 200
     assert rows['espa']['best_val'] == 2.4 and rows['espa']['final_val'] == 2.4
     assert rows['preln']['ratio'] == 1.0
@@ -49,8 +51,9 @@ def test_errors_and_missing_matplotlib(tmp_path, capsys, monkeypatch):
     assert compare.main([str(tmp_path / 'bad'), '--baseline=bad']) == 2
     assert 'not JSON' in capsys.readouterr().err
     real_import = builtins.__import__
-    monkeypatch.setattr(builtins, '__import__', lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
-                        if name.startswith('matplotlib') else real_import(name, *a, **k))
+    monkeypatch.setattr(builtins, '__import__', lambda name, *a, **k:
+                        (_ for _ in ()).throw(ImportError(name)) if name.startswith('matplotlib')
+                        else real_import(name, *a, **k))
     assert compare.main([espa, '--baseline=espa', f'--plots={tmp_path}']) == 0
     assert 'pip install matplotlib' in capsys.readouterr().out
 
@@ -79,20 +82,24 @@ def test_unigram_loss_of_a_known_distribution():
 
 
 def test_seed_groups_mean_range_and_ratios_against_the_same_seed(tmp_path, capsys):
-    """Each seed of a variant is compared with the baseline run of that seed; the table gives the mean
-    and range of the final loss and every seed's ratio."""
+    """Each seed of a variant is compared with the baseline run of that seed; the table gives the
+    mean and range of the final loss and every seed's ratio."""
     runs = [_write_run(tmp_path, 'preln_lr1e-2_s1', [(0, 5.5), (100, 3.0), (200, 2.6)]),
             _write_run(tmp_path, 'preln_lr1e-2_s2', [(0, 5.5), (100, 3.1), (200, 2.8)]),
-            _write_run(tmp_path, 'espa_lr3e-3_s1_3000', [(0, 5.5), (200, 3.0), (400, 2.7), (600, 2.6)]),
-            _write_run(tmp_path, 'espa_lr3e-3_s2_3000', [(0, 5.5), (200, 3.0), (400, 2.8), (600, 2.7)])]
+            _write_run(tmp_path, 'espa_lr3e-3_s1_3000', [(0, 5.5), (200, 3.0), (400, 2.7),
+                                                         (600, 2.6)]),
+            _write_run(tmp_path, 'espa_lr3e-3_s2_3000', [(0, 5.5), (200, 3.0), (400, 2.8),
+                                                         (600, 2.7)])]
     out_json = tmp_path / 't.json'
     assert compare.main([*runs, '--seeds', '--baseline=preln_lr1e-2', f'--json={out_json}']) == 0
     rows = {r['run']: r for r in json.loads(out_json.read_text())['rows']}
     espa = rows['espa_lr3e-3']
-    assert espa['seeds'] == [1, 2] and abs(espa['final_mean'] - 2.65) < 1e-12 and (espa['final_min'], espa['final_max']) == (2.6, 2.7)
+    assert espa['seeds'] == [1, 2] and abs(espa['final_mean'] - 2.65) < 1e-12
+    assert (espa['final_min'], espa['final_max']) == (2.6, 2.7)
     per_seed = espa['ratios']['preln_lr1e-2']
-    assert per_seed['1'] == dict(ratio=3.0, at=200, steps_to_final=600, base_final=2.6)   # 2.6 at 600 vs 200
-    assert per_seed['2'] == dict(ratio=2.0, at=200, steps_to_final=400, base_final=2.8)   # its own seed's 2.8
+    # 2.6 at 600 vs 200; seed 2 against its own seed's 2.8
+    assert per_seed['1'] == dict(ratio=3.0, at=200, steps_to_final=600, base_final=2.6)
+    assert per_seed['2'] == dict(ratio=2.0, at=200, steps_to_final=400, base_final=2.8)
     assert rows['preln_lr1e-2']['ratios']['preln_lr1e-2']['1']['ratio'] == 1.0
     assert '3.00@200, 2.00@200' in capsys.readouterr().out
     bad = _write_run(tmp_path, 'no_seed_here', [(0, 5.5)])
@@ -107,7 +114,7 @@ def test_band_plot_draws_the_mean_and_the_range_of_the_seeds(tmp_path, monkeypat
     figures = []
     monkeypatch.setattr(plt, 'close', figures.append)   # keep the figure to look at what it drew
     seeds = {1: [(0, 5.0, None), (10, 4.0, None), (20, 3.5, None)],
-             2: [(0, 5.0, None), (10, 3.0, None)],            # stopped early: only shared steps count
+             2: [(0, 5.0, None), (10, 3.0, None)],      # stopped early: only shared steps count
              3: [(0, 5.0, None), (10, 3.5, None), (20, 3.0, None)]}
     assert compare.bands(seeds) == ([0, 10], [5.0, 3.5], [5.0, 3.0], [5.0, 4.0])
     path = compare.plot_bands({'a': seeds, 'b': {1: seeds[1]}}, str(tmp_path / 'p' / 'bands.png'))

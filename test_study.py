@@ -39,7 +39,7 @@ def dry_run(stage, capsys):
 
 def test_dry_run_of_every_stage_prints_the_commands_with_the_rates_of_rates_json(
         empty_out, tmp_path, monkeypatch, capsys):
-    """Made-up rates, one per variant, so that a rate that comes from anywhere but the file shows."""
+    """Made-up rates, one per variant: a rate that comes from anywhere but the file shows."""
     committed = study.rates()
     fake = {'adamw': {m: f'{i + 1}e-4' for i, m in enumerate(committed['adamw'])},
             'muon': {m: f'{i + 1}e-2' for i, m in enumerate(committed['muon'])}}
@@ -59,17 +59,18 @@ def test_dry_run_of_every_stage_prints_the_commands_with_the_rates_of_rates_json
             assert all(c['--optimizer'] == 'muon' and c['--learning_rate'] == adamw[c['--model']]
                        for c in cmds), stage
         if stage == 'muon':   # the start of the sweep, then seeds 2 and 3 at the chosen rates
-            assert {c['--muon_lr'] for c in cmds if c['--seed'] == '1337'} == {'1e-2', '3e-2', '1e-1'}
+            swept = {c['--muon_lr'] for c in cmds if c['--seed'] == '1337'}
+            assert swept == {'1e-2', '3e-2', '1e-1'}
             assert all(c['--muon_lr'] == muon[c['--model']] for c in cmds if c['--seed'] != '1337')
         if stage == 'ablations':
             ablation = [c for c in cmds if c['--max_iters'] == '400']
             assert len(ablation) == len(study.ABLATIONS)
             assert ablation[0]['--learning_rate'] == adamw['espa']
-            assert [c['--learning_rate'] for c in ablation if c['--out_dir'].endswith('lr3e-4')] == \
-                ['3e-4']   # its own rate, given after the chosen one
+            own = [c['--learning_rate'] for c in ablation if c['--out_dir'].endswith('lr3e-4')]
+            assert own == ['3e-4']   # its own rate, given after the chosen one
         if stage == 'default':
             assert [c.get('--muon_lr') for c in cmds] == ['1e-2', '3e-3', '3e-2', '1e-1', None]
-            assert {c['--learning_rate'] for c in cmds} == {'3e-3'}   # train.py's own, not the file's
+            assert {c['--learning_rate'] for c in cmds} == {'3e-3'}   # train.py's, not the file's
     assert not empty_out.exists()   # a dry run writes nothing
 
 
@@ -110,7 +111,8 @@ def test_table_rebuilds_the_committed_tables_from_the_committed_curves(empty_out
     assert '| espa-skip (cut off at step 1400 of 2000) | 1 |' in tables
     assert '| softmax-skip (cut off at step 1000 of 2000) | 1 |' in tables
     assert list(kernels) == study.STUDY
-    assert {(c.n_layer, c.n_embd, c.n_head, c.block_size) for c in kernels.values()} == {(24, 64, 4, 64)}
+    shapes = {(c.n_layer, c.n_embd, c.n_head, c.block_size) for c in kernels.values()}
+    assert shapes == {(24, 64, 4, 64)}
 
 
 def test_restore_rebuilds_every_run_for_compare_and_the_stages(empty_out, capsys):
