@@ -43,7 +43,8 @@ def cholesky_attention(sigma_prev, sigma):
 # sec. 4: U-SPA, uniform kernels Sigma_l = (1 - rho_l) I + rho_l 1 1^T
 
 def uspa_rhos(n_layer, rho_L):
-    """rho_0 = 0 (the input, Sigma_0 = I), ..., rho_L; schedule 1 - rho_l = (1 - rho_L)^(l/L) (ours)."""
+    """rho_0 = 0 (the input, Sigma_0 = I), ..., rho_L on the schedule
+    1 - rho_l = (1 - rho_L)^(l/L) (ours)."""
     if not 0.0 <= rho_L < 1.0:
         raise ValueError(f"rho_L must be in [0, 1) (got {rho_L}): it is the token correlation the "
                          f"last layer is designed to have; 1 would be total rank collapse.")
@@ -94,13 +95,15 @@ def uspa_matrix(rho_prev, rho, T):
 # sec. 5: E-SPA, exponential kernels Sigma_l(i, j) = exp(-gamma_l |i - j|)
 
 def espa_gammas(n_layer, gamma_L):
-    """gamma_0 = inf (Sigma_0 = I), ..., gamma_L; schedule 1 - exp(-2 gamma_l) = (1 - exp(-2 gamma_L))^(l/L),
+    """gamma_0 = inf (Sigma_0 = I), ..., gamma_L on the schedule
+    1 - exp(-2 gamma_l) = (1 - exp(-2 gamma_L))^(l/L),
     which keeps the diagonal of every A_l equal."""
     if not gamma_L > 0.0:
-        raise ValueError(f"gamma_L must be > 0 (got {gamma_L}): gamma_L = 0 is the all-ones kernel, "
-                         f"total rank collapse. Typical values: 0.005 to 0.5.")
-    with np.errstate(divide='ignore'):
-        return -0.5 * np.log(1.0 - (-np.expm1(-2.0 * gamma_L)) ** (np.arange(n_layer + 1) / n_layer))
+        raise ValueError(f"gamma_L must be > 0 (got {gamma_L}): gamma_L = 0 is the all-ones "
+                         f"kernel, total rank collapse. Typical values: 0.005 to 0.5.")
+    s_L = -np.expm1(-2.0 * gamma_L)       # 1 - exp(-2 gamma_L), exact for small gamma
+    with np.errstate(divide='ignore'):    # l = 0: log(0), gamma_0 = inf
+        return -0.5 * np.log(1.0 - s_L ** (np.arange(n_layer + 1) / n_layer))
 
 def espa_kernel(gamma, T):
     if gamma == math.inf:
@@ -125,7 +128,8 @@ def espa_bias_constants(gamma_prev, gamma):
     first = a_new - a * math.exp(log_r)
     log_first = math.log(first) if first > 0 else -math.inf
     # a' - a = a' (1 - exp(gamma - gamma_prev)), exact even when the two gammas are close
-    log_gap = -gamma + math.log(-math.expm1(gamma - gamma_prev)) if gamma < gamma_prev else -math.inf
+    log_gap = (-gamma + math.log(-math.expm1(gamma - gamma_prev)) if gamma < gamma_prev
+               else -math.inf)
     return log_r, log_first, log_r + log_gap, gamma
 
 def espa_log_bias(i, j, consts, where=np.where):
@@ -133,8 +137,9 @@ def espa_log_bias(i, j, consts, where=np.where):
     One formula for the float64 reference, the SDPA mask and the FlexAttention score_mod."""
     log_diag, log_first, log_off, gamma = consts
     zero = 0.0 * i   # an array of i's dtype: torch turns Python floats alone into float32
-    diag = where(i == 0, zero, zero + log_diag)   # A(0,0) = 1: the first token attends only to itself
-    return where(j == i, diag, where(j == 0, log_first - gamma * (i - 1), log_off - gamma * (i - j - 1)))
+    diag = where(i == 0, zero, zero + log_diag)  # A(0,0) = 1: token 0 attends to itself only
+    below = where(j == 0, log_first - gamma * (i - 1), log_off - gamma * (i - j - 1))
+    return where(j == i, diag, below)
 
 def espa_matrix(gamma_prev, gamma, T):
     """The T x T E-SPA attention matrix in closed form, built in log space: at L = 36 entries reach
@@ -171,7 +176,8 @@ def attention_layers(attn, n_layer, T, gamma_L=0.05, rho_L=0.3):
         return [(f, uspa_row_sums(f)) for f in factors]
     if attn in ('softmax', 'vskipinit'):
         return [(None, None)] * n_layer
-    raise ValueError(f"unknown attention {attn!r}: expected 'softmax', 'vskipinit', 'uspa' or 'espa'")
+    raise ValueError(f"unknown attention {attn!r}: "
+                     f"expected 'softmax', 'vskipinit', 'uspa' or 'espa'")
 
 def attend(attn, params, X):
     """A_l @ X for a T x n array, in O(T n) from the structure of A_l (the T x T matrix is never
@@ -184,7 +190,9 @@ def attend(attn, params, X):
     if attn == 'uspa':                       # diag_i x_i + sum_{j<i} u_j x_j + v_i sum_{j<i} x_j
         diag, u, v = (f[:len(X), None] for f in params)
         return diag * X + before(np.cumsum(u * X, axis=0)) + v * before(np.cumsum(X, axis=0))
-    if attn == 'espa':   # y_i = r x_i + A(i,0) x_0 + A(i,1+) sum_{1<=j<i} a'^(i-1-j) x_j, a running recurrence
+    if attn == 'espa':
+        # y_i = r x_i + A(i,0) x_0 + A(i,1+) s_i with s_i = sum_{1<=j<i} a'^(i-1-j) x_j,
+        # a running sum that decays by a' = exp(-gamma) each step
         log_r, log_first, log_off, g = params
         r, off, decay = math.exp(log_r), math.exp(log_off), math.exp(-g)
         Y = np.empty_like(X)
@@ -207,7 +215,8 @@ def attention_matrix(attn, params, T):
 def leaky_relu_cmap(c, slope):
     """Correlation map of phi(x) = sqrt(2/(1+s^2)) leaky_relu(x, s), which has q-map Q(1) = 1."""
     c = np.clip(c, -1.0, 1.0)
-    return c + (1.0 - slope) ** 2 / (math.pi * (1.0 + slope ** 2)) * (np.sqrt(1.0 - c * c) - c * np.arccos(c))
+    k = (1.0 - slope) ** 2 / (math.pi * (1.0 + slope ** 2))
+    return c + k * (np.sqrt(1.0 - c * c) - c * np.arccos(c))
 
 def tat_scale(slope):
     """The output scale of the TAT activation: keeps E[phi(x)^2] = E[x^2]."""
@@ -215,9 +224,10 @@ def tat_scale(slope):
 
 def tat_c0(slope, n_layer, alpha=0.0, beta=1.0):
     """C(0) of the whole network's C-map, the quantity TAT fixes (sec. 6, 8): each block maps a
-    correlation c -> alpha^2 c + beta^2 C_s(c), a weighted skip around one MLP nonlinearity (alpha = 0:
-    a plain chain). Attention mixes tokens rather than mapping each pair's correlation, so this
-    network function leaves it out, as TAT's sub-network function does for convolutions (ours)."""
+    correlation c -> alpha^2 c + beta^2 C_s(c), a weighted skip around one MLP nonlinearity
+    (alpha = 0: a plain chain). Attention mixes tokens rather than mapping each pair's
+    correlation, so this network function leaves it out, as TAT's sub-network function does for
+    convolutions (ours)."""
     c = 0.0
     for _ in range(n_layer):
         c = alpha * alpha * c + beta * beta * float(leaky_relu_cmap(c, slope))
@@ -225,8 +235,8 @@ def tat_c0(slope, n_layer, alpha=0.0, beta=1.0):
 
 def tat_max_eta(n_layer, alpha=0.0, beta=1.0):
     """The largest eta any leaky ReLU can reach in this network: plain ReLU (slope 0), the most
-    nonlinear one. Weighted skips keep the network close to linear: with beta^2 = 1/24 and 24 blocks
-    it is about 0.26; a plain chain of 4 nonlinearities reaches 0.681, of 12 0.897."""
+    nonlinear one. Weighted skips keep the network close to linear: with beta^2 = 1/24 and 24
+    blocks it is about 0.26; a plain chain of 4 nonlinearities reaches 0.681, of 12 0.897."""
     return tat_c0(0.0, n_layer, alpha, beta)
 
 def tat_slope(n_layer, eta, alpha=0.0, beta=1.0):
@@ -237,9 +247,9 @@ def tat_slope(n_layer, eta, alpha=0.0, beta=1.0):
                          f"MLPs reach from 0; the paper uses 0.9.")
     relu_c0 = tat_max_eta(n_layer, alpha, beta)
     if relu_c0 < eta - 1e-12:
-        raise ValueError(f"TAT cannot reach eta = {eta} in {n_layer} blocks (skip weights {alpha:.3g}, "
-                         f"{beta:.3g}): even plain ReLU only gets C(0) = {relu_c0:.3f}. Use eta <= "
-                         f"{relu_c0:.3f} or a deeper model.")
+        raise ValueError(f"TAT cannot reach eta = {eta} in {n_layer} blocks (skip weights "
+                         f"{alpha:.3g}, {beta:.3g}): even plain ReLU only gets C(0) = "
+                         f"{relu_c0:.3f}. Use eta <= {relu_c0:.3f} or a deeper model.")
     if relu_c0 <= eta:
         return 0.0
     lo, hi = 0.0, 1.0
@@ -251,8 +261,9 @@ def tat_slope(n_layer, eta, alpha=0.0, beta=1.0):
 def _erf(x):
     # numpy has no erf: Abramowitz & Stegun 7.1.26 (error < 1.5e-7), enough for a kernel predictor
     t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
-    y = 1.0 - t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))) * np.exp(-x * x)
-    return np.sign(x) * y
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741
+                                                       + t * (-1.453152027 + t * 1.061405429))))
+    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
 
 def activation_kernel(sigma, act, slope=0.0):
     """Infinite-width map of a kernel through an elementwise activation:
@@ -280,11 +291,13 @@ def activation_kernel(sigma, act, slope=0.0):
         x, w = np.polynomial.hermite.hermgauss(24)
         z, w = np.sqrt(2.0) * x, w / np.sqrt(np.pi)
         gelu = lambda t: 0.5 * t * (1.0 + _erf(t / np.sqrt(2.0)))
-        f1 = gelu(np.sqrt(q)[:, None] * z[None, :])                                  # (T, n): phi(u_i)
+        # u_i = sqrt(q_i) z_a, u_j = sqrt(q_j) (c_ij z_a + sqrt(1 - c_ij^2) z_b): correlation c_ij
+        f1 = gelu(np.sqrt(q)[:, None] * z[None, :])                         # (T, n): phi(u_i)
         rows = []
         for i in range(len(q)):   # row by row: the (T, n, n) quadrature grid of one row at a time
-            z2 = c[i, :, None, None] * z[:, None] + np.sqrt(1.0 - c[i] * c[i])[:, None, None] * z[None, :]
-            f2 = gelu(np.sqrt(q)[:, None, None] * z2)                                  # (T, n, n)
+            c_perp = np.sqrt(1.0 - c[i] * c[i])
+            z2 = c[i, :, None, None] * z[:, None] + c_perp[:, None, None] * z[None, :]  # (T, n, n)
+            f2 = gelu(np.sqrt(q)[:, None, None] * z2)                       # (T, n, n): phi(u_j)
             rows.append(np.einsum('a,jab,a,b->j', f1[i], f2, w, w))
         return np.array(rows)
     raise ValueError(f"unknown activation {act!r}: expected 'tat', 'relu' or 'gelu'")
@@ -324,7 +337,7 @@ def propagate_kernels(T, n_layer, attn, alpha=0.0, beta=1.0, norm='none', act='t
     sigma = embed_var * np.eye(T) if sigma0 is None else np.array(sigma0, dtype=np.float64)
     pre = _normalize if norm == 'layernorm' else (lambda s: s)
 
-    def residual(sigma, branch):   # in place on the branch (a fresh array), to spare T x T temporaries
+    def residual(sigma, branch):   # in place on the branch (a fresh array): no T x T temporaries
         if alpha:
             branch *= beta * beta
             branch += alpha * alpha * sigma
