@@ -302,9 +302,9 @@ def test_optimizer_groups_by_role():
 # configuration, layering, command line
 
 def test_config_errors_say_what_to_do():
-    with pytest.raises(ValueError, match='did you mean espa'):
+    with pytest.raises(ValueError, match="did you mean 'espa'"):
         config_for('epsa')
-    with pytest.raises(ValueError, match="did you mean gamma_L"):
+    with pytest.raises(ValueError, match="did you mean 'gamma_L'"):
         config_for('espa', gamma_l=0.1)
     with pytest.raises(ValueError, match='divisible by n_head'):
         config_for('espa', n_embd=100, n_head=8)
