@@ -24,8 +24,8 @@ from prepare import prepare
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 ENV.pop('TRAIN_TEST_SAVE_DELAY', None)
-TINY = ['--n_layer=4', '--n_embd=32', '--n_head=4', '--block_size=32', '--batch_size=4', '--eval_iters=2',
-        '--sample_tokens=0', '--warmup_iters=2', '--log_interval=1']
+TINY = ['--n_layer=4', '--n_embd=32', '--n_head=4', '--block_size=32', '--batch_size=4',
+        '--eval_iters=2', '--sample_tokens=0', '--warmup_iters=2', '--log_interval=1']
 
 
 @pytest.fixture(scope='session')
@@ -38,17 +38,20 @@ def data_dir(tmp_path_factory):
 def run(args, data_dir, script='train.py', timeout=240, env=None, nproc=None):
     cmd = [sys.executable, os.path.join(HERE, script)]
     if nproc:
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+               f'--nproc_per_node={nproc}',
                os.path.join(HERE, script)]
     if script == 'train.py':
         args = [f'--data_dir={data_dir}', *args]
-    r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=env or ENV, cwd=HERE)
+    r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
+                       env=env or ENV, cwd=HERE)
     return r
 
 
 def tiny_run(out, data_dir, *extra, expect=0, **kw):
     r = run([f'--out_dir={out}', *TINY, *extra], data_dir, **kw)
-    assert r.returncode == expect, f"exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
+    assert r.returncode == expect, \
+        f"exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
     return r
 
 
@@ -81,7 +84,8 @@ def assert_same_state(a, b):
 
 
 def losses(out):
-    return [(r['iter'], r['train_loss'], r['val_loss'], r['lr'], r['tokens']) for r in read_log(out)]
+    return [(r['iter'], r['train_loss'], r['val_loss'], r['lr'], r['tokens'])
+            for r in read_log(out)]
 
 
 # -----------------------------------------------------------------------------
@@ -104,8 +108,8 @@ def test_end_to_end(preset, data_dir, tmp_path):
     out = str(tmp_path / 'out')
     if preset == 'espa':  # the default dataset is prepared on first use
         data_dir = str(tmp_path / 'fresh_data')
-    r = tiny_run(out, data_dir, f'--model={preset}', '--max_iters=30', '--eval_interval=10', '--diag_interval=15',
-                 '--keep_last=2', '--peak_flops=1e12', '--sample_tokens=20')
+    r = tiny_run(out, data_dir, f'--model={preset}', '--max_iters=30', '--eval_interval=10',
+                 '--diag_interval=15', '--keep_last=2', '--peak_flops=1e12', '--sample_tokens=20')
     evals = read_log(out)
     assert [e['iter'] for e in evals] == [0, 10, 20, 30]
     for e in evals:
@@ -117,15 +121,16 @@ def test_end_to_end(preset, data_dir, tmp_path):
     assert [d['iter'] for d in diags] == [0, 15, 30] and len(diags[0]['corr']) == 4 + 1
     assert 'mfu' in r.stdout and '---------- sample' in r.stdout
     assert ("preparing the default dataset 'pydocs'" in r.stdout) == (preset == 'espa')
-    assert sorted(os.listdir(out)) == ['ckpt.pt', 'ckpt_best.pt', 'ckpt_step0000020.pt', 'ckpt_step0000030.pt',
-                                       'log.jsonl']
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'ckpt_best.pt', 'ckpt_step0000020.pt',
+                                       'ckpt_step0000030.pt', 'log.jsonl']
     ck = load(os.path.join(out, 'ckpt.pt'))  # weights_only: tensors and plain Python only
     assert ck['run']['iter_num'] == 30 and ck['config']['model'] == preset
     assert ck['model_args']['n_layer'] == 4 and ck['model_args']['vocab_size'] == 256
     assert not any(k.startswith(('_orig_mod.', 'module.')) for k in ck['model'])
     assert {'optimizer', 'rng', 'run', 'meta'} <= set(ck) and ck['version'] == 2
     assert ck['run']['best_val_loss'] == min(e['val_loss'] for e in evals[1:])
-    s = run([f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=30', '--start=def '], data_dir, 'sample.py')
+    s = run([f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=30', '--start=def '],
+            data_dir, 'sample.py')
     assert s.returncode == 0, s.stderr
     assert s.stdout.count('def ') >= 2 and s.stdout.count('---------------') == 2
 
@@ -133,8 +138,8 @@ def test_end_to_end(preset, data_dir, tmp_path):
 # -----------------------------------------------------------------------------
 # exact resume: N steps == N/2 steps + resume N/2 (weights, optimizer, logged losses)
 
-RESUME = ['--model=espa', '--optimizer=adamw', '--eval_interval=5', '--diag_interval=5', '--lr_decay_iters=20', '--dropout=0.1',
-          '--gradient_accumulation_steps=2']
+RESUME = ['--model=espa', '--optimizer=adamw', '--eval_interval=5', '--diag_interval=5',
+          '--lr_decay_iters=20', '--dropout=0.1', '--gradient_accumulation_steps=2']
 
 
 def test_exact_resume(data_dir, tmp_path):
@@ -148,7 +153,7 @@ def test_exact_resume(data_dir, tmp_path):
     a, b = load(os.path.join(full, 'ckpt.pt')), load(os.path.join(half, 'ckpt.pt'))
     assert a['run']['iter_num'] == b['run']['iter_num'] == 20
     assert_same_state(a, b)
-    assert losses(full) == losses(half)  # identical floats, one record per evaluation, no duplicates
+    assert losses(full) == losses(half)  # identical floats, one record per evaluation, no repeats
     assert read_log(full, 'diag') == read_log(half, 'diag')
 
 
@@ -161,7 +166,8 @@ def test_ddp_matches_single_process_and_resumes_exactly(data_dir, tmp_path):
     l1, l2 = losses(one), losses(two)
     assert [x[0] for x in l1] == [x[0] for x in l2] == [0, 5, 10, 12]
     for a, b in zip(l1, l2):  # same global batch: equal up to float rounding in the all-reduce
-        assert a[3:] == b[3:] and math.isclose(a[1], b[1], rel_tol=1e-4) and math.isclose(a[2], b[2], rel_tol=1e-4)
+        assert a[3:] == b[3:]
+        assert math.isclose(a[1], b[1], rel_tol=1e-4) and math.isclose(a[2], b[2], rel_tol=1e-4)
     w1, w2 = load(os.path.join(one, 'ckpt.pt')), load(os.path.join(two, 'ckpt.pt'))
     for k in w1['model']:
         assert torch.allclose(w1['model'][k], w2['model'][k], atol=1e-4, rtol=1e-3), k
@@ -177,8 +183,10 @@ def test_ddp_matches_single_process_and_resumes_exactly(data_dir, tmp_path):
 # crashes, signals, divergence, full disks
 
 def _start(out, data_dir, *extra, env=None):
-    cmd = [sys.executable, os.path.join(HERE, 'train.py'), f'--data_dir={data_dir}', f'--out_dir={out}', *TINY, *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or ENV, cwd=HERE)
+    cmd = [sys.executable, os.path.join(HERE, 'train.py'), f'--data_dir={data_dir}',
+           f'--out_dir={out}', *TINY, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env or ENV, cwd=HERE)
 
 
 def _wait_for(stream, pattern, proc, timeout=120):
@@ -222,9 +230,11 @@ def test_signal_saves_and_exits_cleanly(sig, data_dir, tmp_path):
     p.send_signal(sig)
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 0, stderr
-    assert f'stopped by {signal.Signals(sig).name}' in stdout and '--init_from=resume' in stdout, stdout
+    assert f'stopped by {signal.Signals(sig).name}' in stdout, stdout
+    assert '--init_from=resume' in stdout, stdout
     ck = load(os.path.join(out, 'ckpt.pt'))
-    assert ck['run']['iter_num'] >= 3 and os.path.exists(os.path.join(out, f"ckpt_step{ck['run']['iter_num']:07d}.pt"))
+    step = ck['run']['iter_num']
+    assert step >= 3 and os.path.exists(os.path.join(out, f"ckpt_step{step:07d}.pt"))
     assert 'Traceback' not in stderr
 
 
@@ -233,8 +243,8 @@ def test_divergence_stops_and_keeps_checkpoints(data_dir, tmp_path):
     tiny_run(out, data_dir, '--model=preln', '--max_iters=10', '--eval_interval=5')
     saved = {n: digest(os.path.join(out, n)) for n in os.listdir(out) if n.endswith('.pt')}
     # the same run continued with an absurd learning rate blows up at once
-    r = tiny_run(out, data_dir, '--init_from=resume', '--max_iters=40', '--learning_rate=1000', '--min_lr=0',
-                 '--max_bad_steps=3', expect=3)
+    r = tiny_run(out, data_dir, '--init_from=resume', '--max_iters=40', '--learning_rate=1000',
+                 '--min_lr=0', '--max_bad_steps=3', expect=3)
     assert 'training diverged at step' in r.stderr
     assert f"last good checkpoint is {os.path.join(out, 'ckpt.pt')} (step 10)" in r.stderr
     assert '--learning_rate=' in r.stderr and '--warmup_iters=' in r.stderr
@@ -258,8 +268,8 @@ def test_disk_full_during_run_is_reported(data_dir, tmp_path, monkeypatch, capsy
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = train.main([f'--data_dir={data_dir}', f'--out_dir={out}', *TINY, '--model=preln', '--max_iters=10',
-                         '--eval_interval=5'])
+        rc = train.main([f'--data_dir={data_dir}', f'--out_dir={out}', *TINY, '--model=preln',
+                         '--max_iters=10', '--eval_interval=5'])
     finally:
         torch.set_num_threads(threads)
     err = capsys.readouterr().err
@@ -281,8 +291,10 @@ def trained(data_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize('args, pattern', [
-    (['--init_from=resume', '--n_layer=6'], r"different architecture: n_layer=4 \(you asked for 6\)"),
-    (['--init_from=resume', '--model=preln'], r"holds a --model=espa run; you asked for --model=preln"),
+    (['--init_from=resume', '--n_layer=6'],
+     r"different architecture: n_layer=4 \(you asked for 6\)"),
+    (['--init_from=resume', '--model=preln'],
+     r"holds a --model=espa run; you asked for --model=preln"),
     (['--init_from=resume', '--block_size=64'], r"block_size=32 \(you asked for 64\)"),
     ([], r"already holds a run. Continue it with --init_from=resume"),
 ], ids=['n_layer', 'model', 'block_size', 'scratch_over_existing_run'])
@@ -307,7 +319,8 @@ def test_corrupt_checkpoint_errors(trained, data_dir, tmp_path, damage):
         torch.save({'weights': torch.ones(2)}, path)
     else:
         with open(path, 'wb') as f:
-            f.write({'garbage': os.urandom(1000), 'truncated': raw[:len(raw) // 2], 'empty': b''}[damage])
+            f.write({'garbage': os.urandom(1000), 'truncated': raw[:len(raw) // 2],
+                     'empty': b''}[damage])
     before = {n: digest(os.path.join(out, n)) for n in os.listdir(out)}
     r = run([f'--out_dir={out}', '--init_from=resume'], data_dir)
     assert r.returncode == 2, r.stderr
@@ -315,7 +328,7 @@ def test_corrupt_checkpoint_errors(trained, data_dir, tmp_path, damage):
         assert 'lacks model, model_args, run, config' in r.stderr
     else:
         assert f"checkpoint {path} cannot be read" in r.stderr, r.stderr
-    assert '--resume_from=' in r.stderr and 'ckpt_step0000010.pt' in r.stderr  # points at what survives
+    assert '--resume_from=' in r.stderr and 'ckpt_step0000010.pt' in r.stderr  # what survives
     assert 'Traceback' not in r.stderr
     assert {n: digest(os.path.join(out, n)) for n in os.listdir(out)} == before
     s = run([f'--out_dir={out}'], data_dir, 'sample.py')
@@ -328,11 +341,12 @@ def test_resume_from_other_checkpoint(trained, data_dir, tmp_path):
     shutil.copytree(trained, out)
     with open(os.path.join(out, 'ckpt.pt'), 'wb') as f:
         f.write(b'junk')
-    r = tiny_run(out, data_dir, '--init_from=resume', f"--resume_from={os.path.join(out, 'ckpt_step0000005.pt')}",
+    r = tiny_run(out, data_dir, '--init_from=resume',
+                 f"--resume_from={os.path.join(out, 'ckpt_step0000005.pt')}",
                  '--max_iters=12')
     assert 'at step 5' in r.stdout
     assert load(os.path.join(out, 'ckpt.pt'))['run']['iter_num'] == 12
-    assert [e['iter'] for e in read_log(out)] == [0, 5, 10, 12]  # the old step-10 record was replaced
+    assert [e['iter'] for e in read_log(out)] == [0, 5, 10, 12]  # old step-10 record replaced
 
 
 def test_sample_py_errors(trained, data_dir):
@@ -350,8 +364,10 @@ def test_eval_only_writes_nothing_and_overwrite_replaces_the_run(trained, data_d
     assert 'step 10: train loss' in r.stdout
     assert {n: digest(os.path.join(out, n)) for n in os.listdir(out)} == before
     # --overwrite=True: the old run goes as a whole (no stale step checkpoints or log lines)
-    tiny_run(out, data_dir, '--overwrite=True', '--model=preln', '--max_iters=3', '--eval_interval=100')
-    assert sorted(os.listdir(out)) == ['ckpt.pt', 'ckpt_best.pt', 'ckpt_step0000003.pt', 'log.jsonl']
+    tiny_run(out, data_dir, '--overwrite=True', '--model=preln', '--max_iters=3',
+             '--eval_interval=100')
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'ckpt_best.pt', 'ckpt_step0000003.pt',
+                                       'log.jsonl']
     assert [e['iter'] for e in read_log(out)] == [0, 3]
     assert load(os.path.join(out, 'ckpt.pt'))['config']['model'] == 'preln'
 
@@ -383,8 +399,9 @@ def test_short_run_needs_no_warmup_flag_but_an_explicit_long_warmup_is_refused(d
     r = run([f'--out_dir={tmp_path / "a"}', *args, '--max_iters=20'], data_dir)
     assert r.returncode == 0, r.stderr
     lrs = [e['lr'] for e in read_log(str(tmp_path / 'a'))]
-    assert lrs[0] == pytest.approx(3e-3 / 3)        # warmup min(100, 20 // 10) = 2 steps: lr (0+1)/(2+1)
-    r = run([f'--out_dir={tmp_path / "b"}', *args, '--max_iters=20', '--warmup_iters=100'], data_dir)
+    assert lrs[0] == pytest.approx(3e-3 / 3)  # warmup min(100, 20 // 10) = 2: lr (0+1)/(2+1)
+    r = run([f'--out_dir={tmp_path / "b"}', *args, '--max_iters=20', '--warmup_iters=100'],
+            data_dir)
     assert r.returncode == 2 and 'warmup_iters=100 is more than max_iters=20' in r.stderr
     assert not (tmp_path / 'b').exists()
 
@@ -393,7 +410,8 @@ def test_short_run_needs_no_warmup_flag_but_an_explicit_long_warmup_is_refused(d
 def test_torchrun_with_the_default_accumulation(nproc, data_dir, tmp_path):
     """No --gradient_accumulation_steps: one micro-batch per process, whatever the world size."""
     out = str(tmp_path / 'out')
-    tiny_run(out, data_dir, '--model=espa-skip', '--max_iters=3', '--eval_interval=3', nproc=nproc, timeout=400)
+    tiny_run(out, data_dir, '--model=espa-skip', '--max_iters=3', '--eval_interval=3', nproc=nproc,
+             timeout=400)
     evals = read_log(out)
     assert [e['iter'] for e in evals] == [0, 3]
     assert evals[-1]['tokens'] == 3 * 4 * 32 * nproc
@@ -404,26 +422,30 @@ def test_wandb_offline_logs_what_log_jsonl_holds(data_dir, tmp_path, monkeypatch
     wandb = pytest.importorskip('wandb', reason='wandb is optional; .ci/run installs it')
     monkeypatch.setenv('WANDB_MODE', 'offline')
     monkeypatch.setenv('WANDB_SILENT', 'true')
-    sent, real_log = [], wandb.sdk.wandb_run.Run.log           # every logged dict passes here, on to wandb
+    sent, real_log = [], wandb.sdk.wandb_run.Run.log  # every logged dict passes here, on to wandb
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, 'log',
-                        lambda self, d, step=None, **k: (sent.append((step, dict(d))), real_log(self, d, step=step, **k)))
+                        lambda self, d, step=None, **k: (sent.append((step, dict(d))),
+                                                         real_log(self, d, step=step, **k)))
     out = str(tmp_path / 'out')
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = train.main([f'--data_dir={data_dir}', f'--out_dir={out}', *TINY, '--max_iters=6', '--eval_interval=3',
-                         '--wandb_log=True', '--wandb_run_name=test'])
+        rc = train.main([f'--data_dir={data_dir}', f'--out_dir={out}', *TINY, '--max_iters=6',
+                         '--eval_interval=3', '--wandb_log=True', '--wandb_run_name=test'])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
     assert [(e['iter'], e['train_loss'], e['val_loss'], e['lr']) for e in read_log(out)] == \
         [(step, d['train/loss'], d['val/loss'], d['lr']) for step, d in sent]
-    assert any(n.startswith('offline-run-') for n in os.listdir(os.path.join(out, 'wandb')))   # wandb really ran
+    wandb_files = os.listdir(os.path.join(out, 'wandb'))
+    assert any(n.startswith('offline-run-') for n in wandb_files)   # wandb really ran
 
 
-def test_wandb_missing_is_a_clear_error_before_anything_is_written(data_dir, tmp_path, monkeypatch, capsys):
+def test_wandb_missing_is_a_clear_error_before_anything_is_written(data_dir, tmp_path, monkeypatch,
+                                                                   capsys):
     monkeypatch.setitem(sys.modules, 'wandb', None)      # `import wandb` now raises ImportError
-    rc = train.main([f'--data_dir={data_dir}', f'--out_dir={tmp_path / "out"}', *TINY, '--wandb_log=True'])
+    rc = train.main([f'--data_dir={data_dir}', f'--out_dir={tmp_path / "out"}', *TINY,
+                     '--wandb_log=True'])
     assert rc == 2 and 'pip install wandb' in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
 
@@ -431,8 +453,8 @@ def test_wandb_missing_is_a_clear_error_before_anything_is_written(data_dir, tmp
 # -----------------------------------------------------------------------------
 # Muon: the same loop, schedule, checkpoints and exact resume as AdamW
 
-MUON = ['--model=espa', '--optimizer=muon', '--muon_lr=0.2', '--eval_interval=5', '--lr_decay_iters=20',
-        '--gradient_accumulation_steps=2', '--dropout=0.1']
+MUON = ['--model=espa', '--optimizer=muon', '--muon_lr=0.2', '--eval_interval=5',
+        '--lr_decay_iters=20', '--gradient_accumulation_steps=2', '--dropout=0.1']
 
 
 def test_muon_trains_and_resumes_exactly(data_dir, tmp_path):
@@ -441,7 +463,8 @@ def test_muon_trains_and_resumes_exactly(data_dir, tmp_path):
     evals = read_log(full)
     assert evals[-1]['val_loss'] < evals[0]['val_loss'] - 0.5, evals
     ck = load(os.path.join(full, 'ckpt.pt'))
-    assert len(ck['optimizer']) == 2 and all('momentum_buffer' in s for s in ck['optimizer'][1]['state'].values())
+    muon_state = ck['optimizer'][1]['state']
+    assert len(ck['optimizer']) == 2 and all('momentum_buffer' in s for s in muon_state.values())
     tiny_run(half, data_dir, *MUON, '--max_iters=10')
     tiny_run(half, data_dir, '--init_from=resume', '--max_iters=20')
     assert_same_state(ck, load(os.path.join(half, 'ckpt.pt')))
@@ -452,7 +475,8 @@ def test_muon_trains_and_resumes_exactly(data_dir, tmp_path):
     (['--optimizer=muon', '--muon_lr=0'], r'muon_lr must be > 0'),
     (['--optimizer=muon', '--muon_lr=-1e-2'], r'muon_lr must be > 0'),
     (['--optimizer=lion'], r"optimizer must be one of adamw, muon \(got 'lion'\)"),
-    (['--optimizer=muon', '--muon_adjust_lr=sqrt'], r'muon_adjust_lr must be one of original, match_rms_adamw'),
+    (['--optimizer=muon', '--muon_adjust_lr=sqrt'],
+     r'muon_adjust_lr must be one of original, match_rms_adamw'),
     (['--optimizer=muon', '--muon_momentum=1.0'], r'muon_momentum must be in \[0, 1\)'),
 ])
 def test_muon_config_errors(args, pattern, data_dir, tmp_path):
@@ -464,28 +488,37 @@ def test_muon_config_errors(args, pattern, data_dir, tmp_path):
 def test_resuming_with_another_optimizer_is_refused(trained, data_dir, tmp_path):
     out = str(tmp_path / 'out')
     shutil.copytree(trained, out)     # espa: Muon by default
-    r = run([f'--out_dir={out}', '--init_from=resume', '--optimizer=adamw', '--max_iters=12'], data_dir)
-    assert r.returncode == 2 and 'was the run trained with another --optimizer' in r.stderr, r.stderr
+    r = run([f'--out_dir={out}', '--init_from=resume', '--optimizer=adamw', '--max_iters=12'],
+            data_dir)
+    assert r.returncode == 2, r.stderr
+    assert 'was the run trained with another --optimizer' in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize('model, optimizer', [('espa', 'muon'), ('vanilla', 'muon'), ('uspa', 'muon'),
-                                              ('preln', 'adamw'), ('espa-skip', 'adamw')])
+@pytest.mark.parametrize('model, optimizer', [('espa', 'muon'), ('vanilla', 'muon'),
+                                              ('uspa', 'muon'), ('preln', 'adamw'),
+                                              ('espa-skip', 'adamw')])
 def test_the_vanilla_presets_train_with_muon_by_default(model, optimizer, data_dir, tmp_path):
-    """MATH.md sec. 10.1: Muon beat AdamW for every vanilla preset in every seed of the study, so it is
-    their default; the presets with skips or norms keep AdamW. The choice is saved and resumed."""
+    """MATH.md sec. 10.1: Muon beat AdamW for every vanilla preset in every seed of the study, so
+    it is their default; the presets with skips or norms keep AdamW. The choice is saved and
+    resumed."""
     out = str(tmp_path / 'out')
     r = tiny_run(out, data_dir, f'--model={model}', '--max_iters=2', '--eval_interval=2')
     assert ('Muon lr 0.03 + AdamW' in r.stdout) == (optimizer == 'muon'), r.stdout
     ck = load(os.path.join(out, 'ckpt.pt'))
-    assert ck['config']['optimizer'] == optimizer and len(ck['optimizer']) == 1 + (optimizer == 'muon')
+    assert ck['config']['optimizer'] == optimizer
+    assert len(ck['optimizer']) == 1 + (optimizer == 'muon')
     tiny_run(out, data_dir, '--init_from=resume', '--max_iters=4', '--eval_interval=2')
     assert len(load(os.path.join(out, 'ckpt.pt'))['optimizer']) == 1 + (optimizer == 'muon')
 
 
 def test_a_two_layer_model_trains_and_says_which_tat_target_it_uses(data_dir, tmp_path):
     args = [a for a in TINY if not a.startswith('--n_layer')]
-    r = tiny_run(str(tmp_path / 'out'), data_dir, *args, '--model=espa', '--n_layer=2', '--max_iters=3', '--eval_interval=3')
+    r = tiny_run(str(tmp_path / 'out'), data_dir, *args, '--model=espa', '--n_layer=2',
+                 '--max_iters=3', '--eval_interval=3')
     notes = [l for l in r.stdout.splitlines() if l.startswith('TAT:')]
-    assert len(notes) == 1 and 'eta=0.5 is out of reach for 2 blocks' in notes[0] and 'eta=0.4937' in notes[0]
-    r = tiny_run(str(tmp_path / 'deep'), data_dir, '--model=espa', '--max_iters=3', '--eval_interval=3')   # 4 blocks: reachable
+    assert len(notes) == 1 and 'eta=0.5 is out of reach for 2 blocks' in notes[0]
+    assert 'eta=0.4937' in notes[0]
+    # 4 blocks: reachable
+    r = tiny_run(str(tmp_path / 'deep'), data_dir, '--model=espa', '--max_iters=3',
+                 '--eval_interval=3')
     assert 'TAT:' not in r.stdout
