@@ -1,0 +1,464 @@
+"""
+The model that realises spa.py's math, at init and one step beyond: each layer applies the designed
+matrix, the fast attention paths equal a float64 reference forward and backward, the measured
+kernel of a wide model follows the prediction, special initialisations survive, optimizer groups
+by role (AdamW and Muon), every preset trains at 1-4 layers, and the command line.
+CPU only; `python -m pytest -q test_model.py`. Section numbers refer to MATH.md.
+"""
+import functools
+import io
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import model
+import optim
+import spa
+from model import (GPT, PRESETS, Attention, GPTConfig, config_for, measure_kernels, predict_kernels,
+                   signal_plan)
+from optim import configure_optimizers
+
+# -----------------------------------------------------------------------------
+# the model applies exactly the designed matrices
+
+def _applied_matrix(attn, x):
+    """Recover the T x T matrix A with attn(x) = A x W_V W_O (valid when W_Q = 0: the layer is
+    linear). With T <= n_embd random rows, x W_V W_O has full row rank and A = Y pinv(M)."""
+    d = x.size(-1)
+    with torch.no_grad():
+        W_V, W_O = attn.c_attn.weight[2 * d:], attn.c_proj.weight
+        M = x[0] @ W_V.T @ W_O.T
+        return (attn(x)[0] @ torch.linalg.pinv(M)).numpy()
+
+@pytest.mark.parametrize('name,impl', [('espa', 'sdpa'), ('espa', 'flex'), ('uspa', 'sdpa'),
+                                       ('uspa', 'flex'),
+                                       ('vskipinit', 'sdpa'), ('vanilla', 'sdpa')])
+def test_layer_applies_the_designed_matrix_exactly(name, impl):
+    cfg = config_for(name, n_layer=6, n_embd=64, n_head=4, block_size=40)
+    gpt = GPT(cfg).double()
+    T = 40
+    x = torch.randn(1, T, 64, dtype=torch.float64)
+    designed = [spa.attention_matrix(cfg.attn, bias_consts, T)
+                for bias_consts, _ in signal_plan(cfg)['layers']]
+    for layer in (1, 4, 6):
+        attn = gpt.h[layer - 1].attn
+        attn.impl = impl
+        A = _applied_matrix(attn, x)
+        expected = np.eye(T) if name == 'vskipinit' else designed[layer - 1]
+        tol = 1e-9 if impl == 'sdpa' else 1e-5
+        np.testing.assert_allclose(A, expected, atol=tol)
+        assert np.abs(np.triu(A, 1)).max() < tol   # causal
+    if name == 'vanilla':
+        np.testing.assert_allclose(designed[0], spa.uniform_causal_matrix(T))
+
+def _reference_attention(attn, x):
+    """Explicit T x T float64 computation of one attention layer, trained-like (W_Q != 0)."""
+    B, T, C = x.shape
+    H = attn.n_head
+    q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in attn.c_attn(x).split(C, dim=2))
+    logits = q @ k.transpose(-1, -2) / math.sqrt(C // H)
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    if attn.variant in ('espa', 'uspa'):
+        cfg = attn._config
+        if attn.variant == 'espa':
+            g = spa.espa_gammas(cfg.n_layer, cfg.gamma_L)
+            A = spa.espa_matrix(g[attn._layer - 1], g[attn._layer], T)
+        else:
+            r = spa.uspa_rhos(cfg.n_layer, cfg.rho_L)
+            A = spa.uspa_matrix(r[attn._layer - 1], r[attn._layer], T)
+        logA = torch.from_numpy(np.log(np.where(A > 0, A, 1.0)))
+        logits = logits + logA
+        D = torch.from_numpy(A.sum(1))[:, None]
+    P = torch.softmax(logits.masked_fill(~causal, -math.inf), dim=-1)
+    y = P @ v
+    if attn.variant in ('espa', 'uspa'):
+        y = D * y
+    if attn.variant == 'vskipinit':
+        y = attn.alpha.view(-1, 1, 1) * v + attn.beta.view(-1, 1, 1) * y
+    return attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+@pytest.mark.parametrize('name', ['espa', 'uspa', 'vskipinit', 'preln'])
+@pytest.mark.parametrize('T', [1, 17, 64, 130])
+def test_fast_path_equals_explicit_reference_forward_and_backward(name, T):
+    layer = 3
+    cfg = config_for(name, n_layer=6, n_embd=32, n_head=2, block_size=256)
+    torch.manual_seed(T)
+    attn = Attention(cfg, *signal_plan(cfg)['layers'][layer - 1]).double()
+    attn._config, attn._layer = cfg, layer
+    with torch.no_grad():   # move away from init: nonzero W_Q, gains off their init values
+        attn.c_attn.weight.add_(0.3 * torch.randn_like(attn.c_attn.weight))
+        if name == 'vskipinit':
+            attn.alpha.copy_(torch.tensor([0.7, 1.2]))
+            attn.beta.copy_(torch.tensor([0.5, -0.3]))
+    x = torch.randn(2, T, 32, dtype=torch.float64, requires_grad=True)
+    fast, ref = attn(x), _reference_attention(attn, x)
+    torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-10)
+    grad_out = torch.randn_like(fast)
+    params = [x] + list(attn.parameters())
+    g_fast = torch.autograd.grad(fast, params, grad_out)
+    g_ref = torch.autograd.grad(ref, params, grad_out)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+    if T > 1:   # the same module at a shorter length: the cached SDPA bias must follow T
+        short = x[:, :T // 2]
+        torch.testing.assert_close(attn(short), _reference_attention(attn, short), atol=1e-10,
+                                   rtol=1e-10)
+    if name in ('espa', 'uspa'):   # FlexAttention: forward only on CPU (its backward needs a GPU)
+        attn.impl = 'flex'
+        with torch.no_grad():
+            torch.testing.assert_close(attn(x), ref, atol=2e-5, rtol=2e-5)
+
+# -----------------------------------------------------------------------------
+# faithful signal propagation at init: the measured kernel of a wide model follows the prediction
+
+WIDE = dict(n_layer=24, n_embd=512, n_head=8, block_size=48)
+
+@functools.lru_cache(maxsize=None)   # several tests look at the same wide model
+def _measured_vs_predicted(name, **kw):
+    cfg = config_for(name, **{**WIDE, **kw})
+    measured = measure_kernels(cfg, cfg.block_size, batch_size=6, seed=1)
+    predicted = predict_kernels(cfg, cfg.block_size, sigma0=measured[0])
+    return measured, predicted
+
+@pytest.mark.parametrize('name', ['vskipinit', 'uspa', 'espa', 'softmax-skip', 'vskipinit-skip',
+                                  'uspa-skip',
+                                  'espa-skip', 'preln', 'preln-espa'])
+def test_kernel_of_a_wide_model_matches_the_prediction(name):
+    """Tolerance: at width d the kernel maps have O(L/d) corrections (about 0.05 here; they shrink
+    about 4x at width 1024). Mean correlations must agree to 0.08 at every layer, the mean q value
+    to 15%."""
+    measured, predicted = _measured_vs_predicted(name)
+    for layer, (m, p) in enumerate(zip(measured, predicted)):
+        c_m, c_p = spa.kernel_stats(m)[0], spa.kernel_stats(p)[0]
+        assert abs(c_m - c_p) < 0.08, f"{name} layer {layer}: corr {c_m:.3f}, predicted {c_p:.3f}"
+        q_m, q_p = np.diag(m).mean(), np.diag(p).mean()
+        assert abs(q_m / q_p - 1) < 0.15, f"{name} layer {layer}: q {q_m:.3f}, predicted {q_p:.3f}"
+
+def test_vanilla_collapses_where_espa_does_not():
+    """The contrast the paper is about: plain causal attention makes every token the same."""
+    vanilla, vanilla_pred = _measured_vs_predicted('vanilla')
+    espa, _ = _measured_vs_predicted('espa')
+    top_vanilla, top_espa = spa.kernel_stats(vanilla[-1])[0], spa.kernel_stats(espa[-1])[0]
+    assert top_vanilla > 0.99 and spa.kernel_stats(vanilla_pred[-1])[0] > 0.99
+    assert top_espa < 0.9
+    assert top_vanilla - top_espa > 0.1
+
+def test_q_corrected_espa_keeps_q_at_one():
+    measured, predicted = _measured_vs_predicted('espa', q_correct=True)
+    # by construction, from the measured sigma0
+    np.testing.assert_allclose(np.diag(predicted[-1]), 1.0, atol=0.02)
+    assert abs(np.diag(measured[-1]).mean() - 1) < 0.15
+    plain, _ = _measured_vs_predicted('espa')
+    assert np.diag(plain[-1]).max() > 1.5 * np.diag(measured[-1]).max()   # what it corrects
+
+def test_signal_diagnostics_are_the_hidden_states_kernel_statistics():
+    """The training log's per-layer numbers: mean off-diagonal token correlation of the kernel,
+    RMS and largest q, computed here directly from the hidden states."""
+    torch.manual_seed(0)
+    gpt = GPT(config_for('vskipinit', n_layer=3, n_embd=32, block_size=16))
+    idx = torch.randint(0, 256, (4, 16))
+    stats = gpt.signal_diagnostics(idx)
+    with torch.no_grad():
+        states = gpt.hidden_states(idx)
+    assert len(stats['corr']) == len(states) == 4 and stats['alpha'] == [1.0] * 3
+    for layer, h in enumerate(states):
+        K = torch.einsum('btc,bsc->ts', h.double(), h.double()) / (h.size(0) * h.size(-1))
+        q = K.diagonal()
+        C = K / (q[:, None] * q[None, :]).sqrt()
+        corr = (C.sum() - C.diagonal().sum()) / (16 * 15)
+        assert abs(stats['corr'][layer] - corr.item()) < 1e-5
+        assert abs(stats['rms'][layer] - q.mean().sqrt().item()) < 1e-5
+        assert abs(stats['q_max'][layer] - q.max().item()) < 1e-5
+
+def test_blocks_weight_skip_and_branch_as_planned():
+    """x -> skip_weight * x + branch_weight * f(x) without normalisation, with
+    skip_weight^2 + branch_weight^2 = 1 and branch_weight^2 = 1 / n_layer (sec. 8); no skip:
+    f(x) alone."""
+    x = torch.randn(2, 8, 32)
+    f = lambda t: torch.tanh(t) + 1.0
+    block = GPT(config_for('espa-skip', n_layer=16, n_embd=32, block_size=8)).h[0]
+    assert block.skip_weight ** 2 + block.branch_weight ** 2 == pytest.approx(1.0)
+    assert block.branch_weight == pytest.approx(0.25)
+    expected = block.skip_weight * x + block.branch_weight * f(x)
+    torch.testing.assert_close(block.sublayer(x, f, block.ln_1), expected)
+    plain = GPT(config_for('espa', n_layer=2, n_embd=32, block_size=8)).h[0]
+    torch.testing.assert_close(plain.sublayer(x, f, plain.ln_1), f(x))
+
+# -----------------------------------------------------------------------------
+# special initialisations survive; optimizer groups by role
+
+def _check_spa_init(model, cfg):
+    d = cfg.n_embd
+    eye = torch.eye(d, dtype=torch.float64)
+    for block in model.h:
+        w = block.attn.c_attn.weight.double()
+        assert torch.count_nonzero(w[:d]) == 0                            # W_Q = 0
+        for W in (w[d:2 * d], w[2 * d:], block.attn.c_proj.weight.double()):
+            torch.testing.assert_close(W @ W.T, eye, atol=1e-5, rtol=0)   # orthogonal
+        fc = block.mlp.c_fc.weight.double()
+        # scaled orthogonal: 2 * orthonormal columns
+        torch.testing.assert_close(fc.T @ fc, 4 * eye, atol=1e-4, rtol=0)
+        proj = block.mlp.c_proj.weight.double()
+        torch.testing.assert_close(proj @ proj.T, eye, atol=1e-5, rtol=0)
+        if block.attn.variant == 'vskipinit':
+            assert (block.attn.alpha == 1).all() and (block.attn.beta == 0).all()
+    assert torch.count_nonzero(model.lm_head.weight) == 0
+
+@pytest.mark.parametrize('name', ['espa', 'uspa', 'vskipinit', 'vanilla', 'espa-skip'])
+def test_special_inits_survive_construction_and_state_dict_round_trip(name):
+    cfg = config_for(name, n_layer=4, n_embd=32, block_size=16, bias=True)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    _check_spa_init(model, cfg)
+    biases = [p for n, p in model.named_parameters() if n.endswith('.bias')]
+    assert biases and all(torch.count_nonzero(p) == 0 for p in biases)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    torch.manual_seed(123)
+    clone = GPT(cfg)
+    clone.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    _check_spa_init(clone, cfg)
+    idx = torch.randint(0, 256, (2, 16))
+    torch.testing.assert_close(clone.hidden_states(idx)[-1], model.hidden_states(idx)[-1], atol=0,
+                               rtol=0)
+
+def test_baselines_start_from_the_gpt2_init():
+    cfg = config_for('preln', n_layer=8, n_embd=128, block_size=16)
+    model = GPT(cfg)
+    assert abs(model.h[0].attn.c_attn.weight.std().item() - 0.02) < 0.002
+    assert abs(model.h[0].mlp.c_proj.weight.std().item() - 0.02 / 4) < 0.001   # 0.02 / sqrt(2 L)
+    assert model.lm_head.weight is model.wte.weight
+
+def test_optimizer_groups_go_by_role_not_by_ndim():
+    """Linear and Embedding weights decay, gains, biases and LayerNorms do not; the depth rule
+    scales the lr of everything inside the blocks; the tied readout is in one group, once."""
+    cfg = config_for('vskipinit', n_layer=4, n_embd=32, block_size=16, bias=True)
+    model = GPT(cfg)
+    opt, = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), 'cpu')
+    group_of = {id(p): g for g in opt.param_groups for p in g['params']}
+    n_params = len(list(model.parameters()))
+    assert sum(len(g['params']) for g in opt.param_groups) == len(group_of) == n_params
+    for name, p in model.named_parameters():
+        g = group_of[id(p)]
+        is_gain = name.endswith(('.alpha', '.beta', '.bias')) or 'ln_' in name
+        assert g['weight_decay'] == (0.0 if is_gain else 0.1), name
+        assert g['lr_scale'] == (1 / 4 if name.startswith('h.') else 1.0), name
+        assert p.dtype == torch.float32
+    assert any(n.endswith('.alpha') for n in dict(model.named_parameters()))
+    preln = GPT(config_for('preln', n_layer=4, n_embd=32, block_size=16))
+    groups = configure_optimizers(preln, 0.1, 1e-3, (0.9, 0.95), 'cpu')[0].param_groups
+    assert {g['lr_scale'] for g in groups} == {1.0}
+    # the tied weight counted once
+    assert sum(len(g['params']) for g in groups) == len(list(preln.parameters()))
+
+# -----------------------------------------------------------------------------
+# configuration, layering, command line
+
+def test_config_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="unknown model 'epsa': did you mean 'espa'.*presets are"):
+        config_for('epsa')
+    with pytest.raises(ValueError, match="unknown model setting 'gamma_l': did you mean 'gamma_L'"):
+        config_for('espa', gamma_l=0.1)
+    with pytest.raises(ValueError, match='divisible by n_head=8.*Try n_head=4'):
+        config_for('espa', n_embd=100, n_head=8)
+    with pytest.raises(ValueError, match='eta must be in'):
+        config_for('espa', eta=1.5)
+    with pytest.raises(ValueError, match="attn='flash' is not one of"):
+        GPTConfig(attn='flash')
+    with pytest.raises(ValueError, match='n_layer must be a positive integer'):
+        config_for('espa', n_layer=0)
+
+@pytest.mark.parametrize('name', list(PRESETS))
+def test_every_preset_is_the_config_it_documents(name):
+    """GPTConfig(**PRESETS[name]) is what config_for(name) builds, and None overrides change
+    nothing (they mean 'the preset decides')."""
+    assert config_for(name) == GPTConfig(**PRESETS[name])
+    assert config_for(name, n_layer=None, attn=None) == config_for(name)
+    assert all(getattr(config_for(name), key) == value for key, value in PRESETS[name].items())
+
+def test_command_line_shows_collapse_and_its_absence():
+    """The kernel table: vanilla's top layer is collapsed (correlation > 0.99) predicted and
+    measured, E-SPA's is not."""
+    def top_row(name):
+        out = subprocess.run([sys.executable, 'model.py', f'--model={name}', '--n_layer=16',
+                              '--n_embd=256', '--block_size=32', '--batch_size=4', '--measure'],
+                             capture_output=True, text=True, check=True)
+        rows = [line.split() for line in out.stdout.splitlines()
+                if line.strip()[:2].strip().isdigit()]
+        assert len(rows) == 17, out.stdout
+        return float(rows[-1][2]), float(rows[-1][7])   # corr predicted, corr measured
+    assert min(top_row('vanilla')) > 0.99
+    assert max(top_row('espa')) < 0.95
+
+def test_command_line_help_and_mistakes():
+    """--help lists the keys and exits 0; a mistake is one line that says what to do, exit 2."""
+    run = lambda *args: subprocess.run([sys.executable, 'model.py', *args], capture_output=True,
+                                       text=True)
+    out = run('--help')
+    assert out.returncode == 0 and '--measure' in out.stdout and 'gamma_L' in out.stdout
+    for args, message in [(['--model=nope'], "unknown model 'nope'"),
+                          (['--gama_L=0.1'], "did you mean 'gamma_L'"),
+                          (['--measure=yes'], "'measure'.*expects a bool"),
+                          (['--n_embd=100'], 'divisible by n_head')]:
+        bad = run(*args)
+        assert bad.returncode == 2 and re.search(message, bad.stderr), (args, bad.stderr)
+        assert 'Traceback' not in bad.stderr
+
+# -----------------------------------------------------------------------------
+# the kernel prediction the model's plan is built from, against plain dense float64 products
+
+def _dense_prediction(T, n_layer, attn, alpha, beta, norm, act, slope, gains, embed_var, gamma_L,
+                      rho_L, q_correct):
+    """The predictor as it was before the structured version: dense T x T matrices and products."""
+    g_v, g_o, g_fc, g_out = gains
+    layers = spa.attention_layers(attn, n_layer, T, gamma_L, rho_L)
+    A_list = [spa.attention_matrix(attn, bias_consts, T) for bias_consts, _ in layers]
+    norm_ = lambda s: s / np.sqrt(np.outer(np.diag(s), np.diag(s)))
+    pre = norm_ if norm == 'layernorm' else (lambda s: s)
+    mix = lambda s, b: (alpha ** 2 * s + beta ** 2 * b if alpha else b)
+    sigma, kernels, D = embed_var * np.eye(T), [], []
+    for A in A_list:
+        if q_correct:
+            P = A / A.sum(1, keepdims=True)
+            q_out = np.einsum('ij,jk,ik->i', P, g_v * pre(sigma), P) * g_o
+            A = P / np.sqrt(q_out)[:, None]   # output q = 1
+            D.append(A.sum(1))
+        sigma = mix(sigma, g_v * g_o * A @ pre(sigma) @ A.T)
+        sigma = mix(sigma, g_out * spa.activation_kernel(g_fc * pre(sigma), act, slope))
+        kernels.append(sigma)
+    return kernels, D
+
+@pytest.mark.parametrize('name,q_correct', [('espa', True), ('uspa', True), ('espa-skip', True),
+                                            ('espa', False), ('vanilla', False),
+                                            ('preln-espa', True), ('preln', False)])
+def test_structured_prediction_equals_dense_products(name, q_correct):
+    """Pins the O(T^2)-per-layer predictor (and the q-corrected D_l it gives the model) to the dense
+    O(T^3) computation it replaced."""
+    cfg = config_for(name, n_layer=10, n_embd=64, block_size=48, q_correct=q_correct)
+    args = model.predictor_args(cfg)
+    fast = predict_kernels(cfg, 48)[1:]
+    dense, D_dense = _dense_prediction(48, **args)
+    for a, b in zip(fast, dense):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    if q_correct:
+        D_model = [d for _, d in signal_plan(cfg)['layers']]
+        for a, b in zip(D_model, D_dense):
+            np.testing.assert_allclose(a, b, rtol=1e-10)
+
+def test_q_correct_refuses_beyond_its_size_limit():
+    # at the limit: builds its config
+    assert config_for('espa', n_layer=36, block_size=2048, q_correct=True, n_embd=32).q_correct
+    limit = r'q_correct=True .* n_layer \* T\^2 <= 2\^28.*q_correct=False'
+    with pytest.raises(ValueError, match=limit):
+        config_for('espa', n_layer=36, block_size=4096, q_correct=True)
+    assert config_for('espa', n_layer=36, block_size=4096).block_size == 4096   # no q_correct
+
+# -----------------------------------------------------------------------------
+# TAT for the network that is built (sec. 6, 8)
+
+TAT_PRESETS = [n for n in PRESETS if PRESETS[n]['act'] == 'tat']
+
+@pytest.mark.parametrize('name', TAT_PRESETS)
+@pytest.mark.parametrize('n_layer', [1, 2, 4, 24])
+def test_tat_target_is_reached_by_the_network_as_built(name, n_layer):
+    """The network's MLP C-map sends correlation 0 to the eta it says it uses. Checked through the
+    kernel predictor's own block structure: with identity attention (Value-SkipInit at init) and
+    distinct tokens, the last kernel's off-diagonal correlation is exactly the network's C-map
+    at 0."""
+    cfg = config_for(name, n_layer=n_layer, n_embd=32, block_size=8)
+    slope, eta = model.tat_target(cfg)
+    args = {**model.predictor_args(cfg), 'attn': 'vskipinit', 'q_correct': False}
+    final = spa.predict_kernels(8, **args)[-1]
+    assert abs(spa.kernel_stats(final)[0] - eta) < 1e-9, (name, n_layer, eta)
+    assert GPT(cfg).h[0].mlp.slope == slope == args['slope']   # built is what is predicted
+    reachable = spa.tat_max_eta(n_layer, *((0.0, 1.0) if not cfg.skip else model.skip_weights(cfg)))
+    assert eta == pytest.approx(min(cfg.eta, reachable), abs=1e-12)
+    assert (model.tat_note(cfg) is not None) == (reachable < cfg.eta)
+    if model.tat_note(cfg):
+        assert f'eta={eta:.4f}' in model.tat_note(cfg) and 'slope 0' in model.tat_note(cfg)
+
+def test_skip_presets_solve_tat_with_their_skip_weights():
+    """The -skip presets used to solve the slope for a plain chain of n_layer nonlinearities; with
+    beta^2 = 1/24 the network's C-map then ends near 0.03 instead of eta. Now it reaches the largest
+    value it can (plain ReLU), 0.26 at depth 24."""
+    cfg = config_for('espa-skip', n_layer=24)
+    alpha, beta = model.skip_weights(cfg)
+    chain_slope = spa.tat_slope(24, 0.5)
+    assert spa.tat_c0(chain_slope, 24, alpha, beta) < 0.05                       # the old choice
+    slope, eta = model.tat_target(cfg)
+    assert slope == 0.0 and abs(eta - 0.2558) < 1e-3
+    assert abs(spa.tat_c0(slope, 24, alpha, beta) - eta) < 1e-12
+    # reachable: solved exactly
+    slope, eta = model.tat_target(config_for('espa-skip', n_layer=24, eta=0.2))
+    assert eta == 0.2 and 0 < slope < 1 and abs(spa.tat_c0(slope, 24, alpha, beta) - 0.2) < 1e-9
+
+@pytest.mark.parametrize('name', list(PRESETS))
+def test_every_preset_builds_and_trains_from_one_to_four_layers(name):
+    for n_layer in (1, 2, 3, 4):
+        torch.manual_seed(0)
+        m = GPT(config_for(name, n_layer=n_layer, n_embd=16, n_head=2, block_size=16))
+        opt = configure_optimizers(m, 0.0, 3e-3, (0.9, 0.95), 'cpu')
+        x = torch.randint(0, 256, (4, 16))
+        losses = []
+        for _ in range(8):
+            _, loss = m(x, x)
+            loss.backward()
+            for o in opt:
+                o.step()
+                o.zero_grad()
+            losses.append(loss.item())
+        assert all(math.isfinite(l) for l in losses), (name, n_layer, losses)
+        assert losses[-1] < losses[0] - 0.05, (name, n_layer, losses)
+
+@pytest.mark.parametrize('name', ['espa', 'preln', 'vskipinit-skip'])
+def test_muon_groups_hold_exactly_the_block_matrices(name):
+    """optimizer='muon': every 2-D weight inside the blocks goes to torch.optim.Muon, at muon_lr
+    with the depth rule where it applies; embeddings, readout, gains, LayerNorms and biases stay
+    with AdamW."""
+    m = GPT(config_for(name, n_layer=4, n_embd=32, block_size=16, bias=True))
+    adamw, muon = configure_optimizers(m, 0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon', muon_lr=0.05)
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    in_muon = {id(p) for g in muon.param_groups for p in g['params']}
+    in_adamw = {id(p) for g in adamw.param_groups for p in g['params']}
+    names = {id(p): n for n, p in m.named_parameters()}
+    block_matrices = {id(p) for n, p in m.named_parameters() if n.startswith('h.') and p.dim() == 2}
+    assert in_muon == block_matrices and not in_muon & in_adamw
+    assert in_muon | in_adamw == set(names)                       # every parameter, once
+    matrices = ('c_attn.weight', 'c_proj.weight', 'c_fc.weight')
+    assert all(names[i].endswith(matrices) for i in in_muon)
+    depth = 1 / 4 if m.config.block_lr_rule == 'depth' else 1.0
+    for g in muon.param_groups:
+        assert g['lr'] == pytest.approx(0.05 * depth)
+        assert g['lr'] == pytest.approx(1e-3 * g['lr_scale'])
+        assert g['weight_decay'] == 0.1
+    for g in adamw.param_groups:
+        assert not any(names[id(p)].startswith('h.') and p.dim() == 2 for p in g['params'])
+
+def test_muon_orthogonalises_in_float32_on_cpu_as_torch_does_in_bfloat16():
+    """On a CPU, configure_optimizers makes torch.optim.Muon's Newton-Schulz run in float32
+    (optim.newton_schulz_float32): the same iteration as torch's, equal within bfloat16 rounding."""
+    from torch.optim import _muon
+    tiny = GPT(config_for('espa', n_layer=2, n_embd=16, block_size=8))
+    configure_optimizers(tiny, 0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon')
+    assert _muon._zeropower_via_newtonschulz is optim.newton_schulz_float32
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(256, 64), (64, 256), (192, 64), (64, 64)]:
+        g = torch.randn(*shape, generator=gen) * 1e-3
+        ours = optim.newton_schulz_float32(g, (3.4445, -4.775, 2.0315), 5, 1e-7)
+        theirs = _muon.library_newton_schulz(g, (3.4445, -4.775, 2.0315), 5, 1e-7)
+        assert ours.dtype == torch.float32 and ours.shape == g.shape
+        # bfloat16 puts them about 2% apart
+        assert (ours - theirs.float()).abs().max() < 0.05 * ours.abs().max(), shape
+        s = torch.linalg.svdvals(ours)   # orthogonalised: singular values near 1
+        assert 0.4 < s.min() and s.max() < 1.25, (shape, s)
+
+def test_muon_needs_a_torch_that_has_it(monkeypatch):
+    monkeypatch.delattr(torch.optim, 'Muon')
+    tiny = GPT(config_for('espa', n_layer=2, n_embd=16, block_size=8))
+    with pytest.raises(ValueError, match=r"torch.optim.Muon, which arrived in torch 2.9.*'adamw'"):
+        configure_optimizers(tiny, 0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon')
