@@ -285,3 +285,29 @@ def test_every_table_of_numbers_in_results_md_comes_from_the_results(driver_tabl
         assert number in results
         changed = results.replace(number, number.replace('1', '2'), 1)
         assert len(tables_not_from_the_results(changed, driver_tables)) == 1
+
+
+# -----------------------------------------------------------------------------
+# the names the docs cite
+
+def test_every_function_and_test_the_docs_cite_exists():
+    import importlib
+    defined = {name for path in os.listdir(ROOT) if re.fullmatch(r'test_\w+\.py', path)
+               for name in re.findall(r'^def (test_\w+)', read(path), re.M)}
+    missing = []
+    for doc in (*DOCS, 'MATH.md'):
+        for cited in re.findall(r'`([^`\s]+)`', read(doc)):
+            name = cited.split('::')[-1].split('[')[0]
+            if re.fullmatch(r'test_\w+', name) and name not in defined:
+                missing.append(f"{doc}: {cited}")
+            module, _, path = cited.partition('.')
+            if module in ('spa', 'model', 'optim', 'hardware', 'GPT', 'Attention') and \
+                    re.fullmatch(r'[\w.]+', path) and not path.endswith('py'):
+                obj = importlib.import_module('model' if module in ('GPT', 'Attention')
+                                              else module)
+                for part in ([module] if module in ('GPT', 'Attention') else []) + \
+                        path.split('.'):
+                    obj = getattr(obj, part, None)
+                if obj is None:
+                    missing.append(f"{doc}: {cited}")
+    assert missing == [], "the docs cite names the code does not have:\n" + '\n'.join(missing)
