@@ -1,5 +1,5 @@
 """
-Speed and memory of every preset, measured side by side in one run (issue 5).
+Speed and memory of every preset, measured side by side in one run.
 
     python bench.py                                       # CPU target: 12 layers, width 256, T = 256, fp32
     python bench.py --models=preln,espa --steps=20 --json=bench.json
@@ -219,7 +219,7 @@ def build(name, cfg, device, block_size=None):
     attn = raw.config.attn
     if name == REF:
         path = 'sdpa is_causal (nn.MultiheadAttention)'
-    elif attn in ('espa', 'uspa'):  # a label only: mirrors the rule in model.Attention.shaped_attention
+    elif attn in ('espa', 'uspa'):  # a label only: mirrors the rule in model.Attention.forward
         impl = getattr(gpt.Attention, 'impl', 'auto')
         flex = impl == 'flex' or (impl == 'auto' and device.type == 'cuda' and cfg['compile']
                                   and getattr(gpt, 'flex_attention', None) is not None)

@@ -34,8 +34,8 @@ DEFAULTS = dict(
 
 
 def main(argv):
-    return command_line(sample, argv, format_help(DEFAULTS, usage='python sample.py [--key=value ...]'),
-                        (CheckpointError, data.DataError))
+    help_text = format_help(DEFAULTS, usage='python sample.py [--key=value ...]')
+    return command_line(sample, argv, help_text, (CheckpointError, data.DataError))
 
 
 def sample(argv):
@@ -43,22 +43,25 @@ def sample(argv):
     if c['num_samples'] < 1 or c['max_new_tokens'] < 0:
         raise ConfigError("num_samples must be >= 1 and max_new_tokens >= 0")
     if not c['temperature'] > 0:
-        raise ConfigError(f"temperature must be > 0 (got {c['temperature']}); small values like 0.1 are "
-                          f"nearly greedy")
+        raise ConfigError(f"temperature must be > 0 (got {c['temperature']}); small values like "
+                          f"0.1 are nearly greedy")
     if c['top_k'] is not None and c['top_k'] < 1:
         raise ConfigError(f"top_k must be >= 1 or None (got {c['top_k']})")
     if c['dtype'] == 'float16':
-        raise ConfigError("dtype must be auto, float32 or bfloat16 (got 'float16'): sampling needs no loss scaler")
+        raise ConfigError("dtype must be auto, float32 or bfloat16 (got 'float16'): sampling needs "
+                          "no loss scaler")
     try:
         device, dtype, ctx = device_and_dtype(c['device'], c['dtype'])
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
     path = c['ckpt'] or os.path.join(c['out_dir'], 'ckpt.pt')
-    ckpt = checkpoint.load(path, hint='Train one first (python train.py) or pass --out_dir / --ckpt.')
+    ckpt = checkpoint.load(path, hint='Train one first (python train.py) or pass --out_dir / '
+                                      '--ckpt.')
     meta = ckpt.get('meta')
-    if not meta:  # a checkpoint without the codec: fall back to the dataset folder it was trained on
-        meta = data.load_meta(ckpt['config'].get('data_dir', 'data'), ckpt['config'].get('dataset', 'pydocs'))
+    if not meta:  # a checkpoint without the codec: the dataset folder it was trained on has it
+        meta = data.load_meta(ckpt['config'].get('data_dir', 'data'),
+                              ckpt['config'].get('dataset', 'pydocs'))
     encode, decode = data.encoder(meta)
     model = checkpoint.model_from(ckpt, path).to(device).eval()
 
@@ -72,7 +75,8 @@ def sample(argv):
     try:
         ids = encode(start)
     except Exception as e:
-        raise ConfigError(f"the prompt cannot be encoded with the {meta['tokenizer']} tokenizer: {e}") from None
+        raise ConfigError(f"the prompt cannot be encoded with the {meta['tokenizer']} tokenizer: "
+                          f"{e}") from None
     if not ids:
         raise ConfigError("the prompt is empty; give at least one character, e.g. --start='\\n'")
 
@@ -82,7 +86,8 @@ def sample(argv):
           f"{ckpt['model_args']['n_layer']} layers", file=sys.stderr)
     with torch.no_grad(), ctx:
         for _ in range(c['num_samples']):
-            y = model.generate(x, c['max_new_tokens'], temperature=c['temperature'], top_k=c['top_k'])
+            y = model.generate(x, c['max_new_tokens'], temperature=c['temperature'],
+                               top_k=c['top_k'])
             print(decode(y[0].tolist()))
             print('---------------')
     return 0

@@ -80,11 +80,11 @@ def test_bench_writes_json(tmp_path, capsys):
     assert abs(res['preln']['mem_scaling']['tt_per_layer']) < 0.05
 
 
-def test_unknown_preset_exits_2_and_lists_the_valid_ones():
+def test_unknown_preset_exits_2_suggests_and_lists_the_valid_ones():
     p = subprocess.run([sys.executable, os.path.join(HERE, 'bench.py'), '--models=preln,espax'],
                        capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert p.returncode == 2, p.stderr
-    assert "'espax'" in p.stderr
+    assert "'espax'" in p.stderr and "did you mean 'espa'" in p.stderr
     for name in PRESETS:
         assert name in p.stderr
     assert p.stdout == ''
