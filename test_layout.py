@@ -21,7 +21,7 @@ ORDER = [
     ('spa', 'configurator', 'data', 'optim', 'hardware'),  # import nothing of the project
     ('model', 'prepare'),
     ('checkpoint', 'report'),
-    ('train', 'sample', 'bench'),                          # the commands
+    ('train', 'sample', 'bench', 'lesson'),                # the commands
 ]
 
 
@@ -96,7 +96,7 @@ def test_the_one_way_order():
                                                    optimizers, the machine: nothing of the project
         model  prepare                             model <- spa, configurator; prepare <- data
         checkpoint  report                         what a run saves and what it prints
-        train  sample  bench                       the commands; none imports another
+        train  sample  bench  lesson               the commands; none imports another
         study/                                     the study: the modules above but train, and
                                                    its own files
 
