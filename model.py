@@ -1,6 +1,8 @@
 """
 One GPT for the whole grid of "Deep Transformers without Shortcuts" (He et al., ICLR 2023):
-standard or signal-preserving attention, with or without skips, with or without normalisation.
+standard or signal-preserving attention, with or without skips, with or without normalisation;
+and for the family that followed: shaped attention (Noci et al., 2023), He & Hofmann's simplified
+SAS and SAS-P blocks (ICLR 2024) and DyT in place of LayerNorm (Zhu et al., 2025).
 
     config = config_for('espa', n_layer=36)   # or GPTConfig(**PRESETS['espa'], n_layer=36)
     model = GPT(config)
@@ -31,8 +33,10 @@ try:  # FlexAttention computes the E-SPA / U-SPA bias inside the kernel (no T x 
 except ImportError:
     flex_attention = None
 
-CHOICES = dict(attn=('softmax', 'vskipinit', 'uspa', 'espa'), norm=('layernorm', 'postln', 'none'),
-               act=('gelu', 'relu', 'tat'), pos=('learned', 'none'), init=('gpt2', 'spa'),
+CHOICES = dict(attn=('softmax', 'vskipinit', 'uspa', 'espa', 'shaped'),
+               block=('standard', 'sas', 'sas-p'),
+               norm=('layernorm', 'postln', 'rmsnorm', 'dyt', 'none'),
+               act=('gelu', 'relu', 'tat'), pos=('learned', 'none'), init=('gpt2', 'spa', 'sas'),
                block_lr_rule=('global', 'depth'))
 Q_CORRECT_MAX_WORK = 2 ** 28   # n_layer * T^2: q_correct predicts the T x T kernel at every layer
 
@@ -44,21 +48,27 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
-    bias: bool = False          # biases in Linear and LayerNorm (zero at init either way)
-    attn: str = 'softmax'       # 'softmax' | 'vskipinit' (sec. 2) | 'uspa' (sec. 4) | 'espa' (5)
-    skip: bool = True           # residual connections; weighted when norm == 'none' (sec. 8)
-    norm: str = 'layernorm'     # 'layernorm' (pre-LN) | 'postln' | 'none'
+    bias: bool = False          # biases in Linear, LayerNorm and DyT (zero at init either way)
+    attn: str = 'softmax'       # 'softmax' | 'vskipinit' | 'uspa' | 'espa' | 'shaped' (Attention)
+    block: str = 'standard'     # 'standard' | 'sas' | 'sas-p': He & Hofmann's blocks (Block)
+    skip: bool = True           # standard blocks' residuals; weighted when norm == 'none' (sec. 8)
+    norm: str = 'layernorm'     # 'layernorm' (pre-LN) | 'postln' | 'rmsnorm', 'dyt' (pre) | 'none'
     act: str = 'gelu'           # 'gelu' | 'relu' | 'tat' (leaky ReLU with the TAT slope, sec. 6)
     pos: str = 'learned'        # 'learned' embeddings | 'none' (position enters via the SPA bias)
-    init: str = 'gpt2'          # 'gpt2': N(0, 0.02) | 'spa': W_Q = 0, (scaled) orthogonal (sec. 11)
+    init: str = 'gpt2'          # 'gpt2' N(0, 0.02) | 'spa' W_Q = 0, orthogonal (sec. 11) | 'sas'
     gamma_L: float = 0.05       # E-SPA: decay rate of the last layer's kernel exp(-gamma_L |i - j|)
     rho_L: float = 0.3          # U-SPA: token correlation of the last layer's kernel
     eta: float = 0.5            # TAT: the network's MLP C-map sends 0 to eta, or close (sec. 6)
     skip_beta: float = None     # weighted skips' branch weight; None: 1 / sqrt(n_layer) (sec. 8)
     q_correct: bool = False     # E-SPA/U-SPA: pick D_l so predicted q values stay 1 (sec. 7, ours)
     tie_weights: bool = True    # readout shares the token embedding (GPT-2)
-    final_norm: bool = True     # LayerNorm before the readout
+    final_norm: bool = True     # a norm before the readout: LayerNorm, or the blocks' RMSNorm/DyT
     block_lr_rule: str = 'global'  # 'depth': the blocks' parameters train at lr / n_layer (sec. 10)
+    beta_mlp: float = 0.1       # SAS blocks: init of the trainable MLP branch gain (the paper's)
+    dyt_alpha_attn: float = 0.5  # DyT's alpha_0 before attention (0.5: the paper's default)
+    dyt_alpha_mlp: float = 0.5   # ... before the MLP
+    dyt_alpha_final: float = 0.5  # ... before the readout
+    embed_scale: bool = False   # a learnable scalar on the embedding, init sqrt(n_embd) (DyT's LLM)
 
     def __post_init__(self):
         def need(ok, message):
@@ -75,6 +85,9 @@ class GPTConfig:
              f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}: every head gets "
              f"n_embd // n_head channels. Try n_head={math.gcd(self.n_embd, self.n_head)}.")
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1) (got {self.dropout})")
+        need(self.block == 'standard' or self.norm != 'postln',
+             f"block={self.block!r} puts its norms before the branches: use norm='rmsnorm', "
+             f"'layernorm', 'dyt' or 'none' (got norm='postln')")
         need(self.skip_beta is None or 0.0 < self.skip_beta <= 1.0,
              f"skip_beta must be in (0, 1] (got {self.skip_beta}); None picks beta^2 = 1/n_layer")
         if self.attn == 'espa':
@@ -85,7 +98,7 @@ class GPTConfig:
              f"eta must be in (0, 1) (got {self.eta}): the correlation TAT lets the MLPs reach "
              f"from 0")
         work = self.n_layer * self.block_size ** 2
-        need(not (self.q_correct and self.attn in spa.SHAPED and work > Q_CORRECT_MAX_WORK),
+        need(not (self.q_correct and self.attn in spa.BIASED and work > Q_CORRECT_MAX_WORK),
              f"q_correct=True predicts the T x T kernel through every layer when the model is "
              f"built (time ~ n_layer * T^2; about 6 s at n_layer=36, T=2048 on 2 CPU cores). "
              f"n_layer={self.n_layer} x block_size={self.block_size}^2 is "
@@ -111,6 +124,18 @@ PRESETS = {
     'vskipinit-skip': dict(_NO_NORM_SKIP, attn='vskipinit', pos='learned'),
     'uspa-skip': dict(_NO_NORM_SKIP, attn='uspa', pos='learned'),
     'espa-skip': dict(_NO_NORM_SKIP, attn='espa', pos='none'),
+    # the family that followed. 'shaped' is 'vskipinit' with shaped attention: the same matrix I at
+    # init, other training dynamics. SAS and SAS-P as He & Hofmann's code runs them: RMSNorm, ReLU,
+    # learned positions (the paper says sinusoidal), init 'sas', one lr for every block.
+    'shaped': dict(_VANILLA, attn='shaped', pos='learned'),
+    'sas': dict(_PRELN, block='sas', attn='shaped', norm='rmsnorm', act='relu', init='sas'),
+    'sas-p': dict(_PRELN, block='sas-p', attn='shaped', norm='rmsnorm', act='relu', init='sas'),
+    'prermsnorm-relu': dict(_PRELN, norm='rmsnorm', act='relu', init='sas'),   # SAS's control
+    # every LayerNorm a DyT, with the LLaMA-7B recipe's alpha_0 per site and sqrt(d) embedding
+    # scale; ours: the embedding starts at unit scale (GPT.__init__). The paper's plain drop-in:
+    # embed_scale=False and every dyt_alpha 0.5.
+    'preln-dyt': dict(_PRELN, norm='dyt', embed_scale=True, dyt_alpha_attn=0.8, dyt_alpha_mlp=0.2,
+                      dyt_alpha_final=0.2),
 }
 
 def config_for(model='espa', **overrides):
@@ -130,24 +155,40 @@ def config_for(model='espa', **overrides):
 # the modules
 
 class Attention(nn.Module):
-    """Causal self-attention, the four variants in one forward pass:
+    """Causal self-attention, the five variants in one forward pass:
       softmax    softmax(Q K^T / sqrt(hs)) V                          (GPT-2)
       vskipinit  (alpha I + beta softmax(Q K^T / sqrt(hs))) V, per head; alpha = 1, beta = 0 at init
+      shaped     (alpha I + beta softmax(Q K^T / sqrt(hs)) - gamma C) V, per head, C the causal
+                 uniform matrix C_ij = 1/i (j <= i); alpha = beta = gamma = 1 at init (He &
+                 Hofmann's); with W_Q = 0 the softmax is C and the layer is exactly I
       uspa/espa  D_l softmax(Q K^T / sqrt(hs) + log A_l) V; at init W_Q = 0, the logits are the
-                 bias alone and the layer applies exactly the designed A_l (sec. 3)"""
+                 bias alone and the layer applies exactly the designed A_l (sec. 3)
+    In the SAS blocks the values and the output projection are the identity (no parameters):
+    head h's value is the h-th block of channels of x, the output the heads side by side, except
+    in the first layer, whose values are alpha_V x + beta_V x dW (dW = 0, alpha_V = beta_V = 1
+    at init; the paper's)."""
     impl = 'auto'   # 'auto': FlexAttention in a compiled model on a GPU, else SDPA; 'flex' | 'sdpa'
 
-    def __init__(self, config, bias_consts=None, rescale=None):
+    def __init__(self, config, bias_consts=None, rescale=None, first_layer=False):
         """bias_consts, rescale: this layer's numbers from signal_plan (E-SPA/U-SPA only)."""
         super().__init__()
         self.n_head, self.variant, self.dropout = config.n_head, config.attn, config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        d, learned_values = config.n_embd, config.block == 'standard'
+        self.c_attn = nn.Linear(d, (3 if learned_values else 2) * d, bias=config.bias)
+        self.c_proj = nn.Linear(d, d, bias=config.bias) if learned_values else None
         init_linear(self.c_attn, config, 'qkv')
-        init_linear(self.c_proj, config, 'attn_out')
-        if self.variant == 'vskipinit':   # at init the identity: an orthogonal map (sec. 2)
+        if learned_values:
+            init_linear(self.c_proj, config, 'attn_out')
+        self.value_delta = None
+        if not learned_values and first_layer:
+            self.value_delta = nn.Linear(d, d, bias=False)   # dW, decays like any matrix
+            nn.init.zeros_(self.value_delta.weight)
+            self.alpha_v, self.beta_v = nn.Parameter(torch.ones(())), nn.Parameter(torch.ones(()))
+        if self.variant in ('vskipinit', 'shaped'):   # at init the identity (sec. 2)
             self.alpha = nn.Parameter(torch.ones(config.n_head))
-            self.beta = nn.Parameter(torch.zeros(config.n_head))
+            self.beta = nn.Parameter(torch.full((config.n_head,), float(self.variant == 'shaped')))
+        if self.variant == 'shaped':
+            self.gamma = nn.Parameter(torch.ones(config.n_head))
         if self.variant == 'espa':        # four floats: log A_l is analytic in (i, j) (sec. 5)
             self.bias_consts = tuple(bias_consts)
         # U-SPA's three length-T vectors and D_l = rowsum(A_l) come from the config, so they are
@@ -155,19 +196,29 @@ class Attention(nn.Module):
         f64 = lambda vectors: torch.tensor(np.array(vectors), dtype=torch.float64)
         if self.variant == 'uspa':
             self.register_buffer('bias_consts', f64(bias_consts), persistent=False)   # (3, T)
-        if self.variant in spa.SHAPED:
+        if self.variant in spa.BIASED:
             self.register_buffer('rescale', f64(rescale), persistent=False)   # (T,)
 
     def forward(self, x):
         B, T, C = x.shape   # batch, sequence length, n_embd
+        qkv = self.c_attn(x).split(C, dim=2)
+        if self.c_proj is None:   # SAS: the values are x itself
+            v = x if self.value_delta is None else \
+                self.alpha_v * x + self.beta_v * self.value_delta(x)
+            qkv = (*qkv, v)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                   for t in self.c_attn(x).split(C, dim=2))   # (B, nh, T, hs)
+                   for t in qkv)   # (B, nh, T, hs)
         dropout = self.dropout if self.training else 0.0
-        if self.variant in ('softmax', 'vskipinit'):
+        if self.variant in ('softmax', 'vskipinit', 'shaped'):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-            if self.variant == 'vskipinit':   # per-head gains, (nh, 1, 1)
-                alpha, beta = self.alpha.view(-1, 1, 1), self.beta.view(-1, 1, 1)
-                y = alpha.to(v.dtype) * v + beta.to(v.dtype) * y   # (B, nh, T, hs)
+            if self.variant != 'softmax':   # per-head gains, (nh, 1, 1)
+                gain = lambda g: g.view(-1, 1, 1).to(v.dtype)
+                y = gain(self.alpha) * v + gain(self.beta) * y   # (B, nh, T, hs)
+            if self.variant == 'shaped':   # - gamma C V: row i of C V is the mean of v_1..v_i,
+                # a cumulative sum (at least float32: in bfloat16 it drifts over long sequences)
+                acc = torch.promote_types(v.dtype, torch.float32)
+                n = torch.arange(1, T + 1, device=v.device, dtype=acc).view(T, 1)
+                y = y - gain(self.gamma) * (v.cumsum(2, dtype=acc) / n).to(v.dtype)
         else:
             # FlexAttention pays off only compiled (eager, it materialises the scores): a compiled
             # model on a GPU gets it, everything else SDPA with log A_l as a float mask
@@ -181,7 +232,7 @@ class Attention(nn.Module):
             # softmax rows sum to 1 and A_l's to D_l: P_l = A_l / D_l, so A_l = D_l P_l
             y = y * self.rescale[:T, None].to(q.dtype)   # (B, nh, T, hs) * (T, 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)   # (B, T, C): the heads side by side
-        return F.dropout(self.c_proj(y), dropout, self.training)
+        return F.dropout(y if self.c_proj is None else self.c_proj(y), dropout, self.training)
 
     def bias(self, i, j):
         """log A_l(i, j) for j <= i from this layer's bias constants, by the spa.py formula the
@@ -229,32 +280,69 @@ class MLP(nn.Module):
             h = F.gelu(h) if self.act == 'gelu' else F.relu(h)
         return F.dropout(self.c_proj(h), self.dropout, self.training)
 
+class DyT(nn.Module):
+    """Dynamic tanh (Zhu et al., 2025), a LayerNorm's replacement without statistics:
+    weight * tanh(alpha x) + bias, alpha one learnable scalar, weight ones and bias zeros at init
+    (a bias where config.bias gives the LayerNorm one: ours, the paper's DyT always has one)."""
+
+    def __init__(self, n_embd, alpha, bias):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.weight = nn.Parameter(torch.ones(n_embd))
+        self.bias = nn.Parameter(torch.zeros(n_embd)) if bias else None
+
+    def forward(self, x):
+        y = torch.tanh(self.alpha * x) * self.weight
+        return y if self.bias is None else y + self.bias
+
+def make_norm(norm, config, dyt_alpha):
+    """The normalisation layer called norm; dyt_alpha: DyT's alpha_0 at this site. RMSNorm is
+    torch's, scale only, eps 1e-8 inside the square root (the paper's; the code adds 1e-5 to the
+    RMS outside it)."""
+    if norm in ('layernorm', 'postln'):
+        return nn.LayerNorm(config.n_embd, bias=config.bias)
+    if norm == 'rmsnorm':
+        return nn.RMSNorm(config.n_embd, eps=1e-8)
+    return DyT(config.n_embd, dyt_alpha, config.bias) if norm == 'dyt' else nn.Identity()
+
 class Block(nn.Module):
-    """Attention, then the MLP, each as x -> skip_weight * x + branch_weight * f(x), with
-    LayerNorm where config.norm puts it."""
+    """block='standard': attention, then the MLP, each as x -> skip_weight * x + branch_weight *
+    f(x), with the norm where config.norm puts it. He & Hofmann's blocks, with trainable gains
+    beta_SA (init 1) and beta_FF (init config.beta_mlp):
+      sas    x' = beta_SA Attn(N1(x)), out = x' + beta_FF MLP(N2(x'))   no attention skip; the
+             MLP skip is 1, fixed (the paper's; their code trains it)
+      sas-p  out = beta_SA Attn(N1(x)) + beta_FF MLP(N1(x))            no skip, one norm"""
 
     def __init__(self, config, plan, layer):
         """plan: signal_plan(config); layer: 0-based index into its per-layer numbers."""
         super().__init__()
-        self.norm = config.norm
+        self.norm, self.kind = config.norm, config.block
         self.skip_weight, self.branch_weight = plan['skip_weight'], plan['branch_weight']
-        make_norm = ((lambda: nn.LayerNorm(config.n_embd, bias=config.bias))
-                     if config.norm != 'none' else nn.Identity)
-        self.ln_1, self.ln_2 = make_norm(), make_norm()
-        self.attn = Attention(config, *plan['layers'][layer])
+        self.ln_1 = make_norm(config.norm, config, config.dyt_alpha_attn)
+        if config.block != 'sas-p':
+            self.ln_2 = make_norm(config.norm, config, config.dyt_alpha_mlp)
+        self.attn = Attention(config, *plan['layers'][layer], first_layer=layer == 0)
         self.mlp = MLP(config, plan['slope'])
+        if config.block != 'standard':
+            self.beta_attn = nn.Parameter(torch.ones(()))
+            self.beta_mlp = nn.Parameter(torch.tensor(float(config.beta_mlp)))
 
     def sublayer(self, x, f, ln):
         if not self.skip_weight:           # no skip: weights (0, 1)
             return ln(f(x)) if self.norm == 'postln' else f(ln(x))
-        if self.norm == 'layernorm':       # Pre-LN: the plain residual, weights (1, 1)
-            return x + f(ln(x))
         if self.norm == 'postln':
             return ln(x + f(x))
-        # without normalisation, skip_weight^2 + branch_weight^2 = 1 keeps q (sec. 8)
-        return self.skip_weight * x + self.branch_weight * f(x)
+        if self.norm == 'none':   # skip_weight^2 + branch_weight^2 = 1 keeps q (sec. 8)
+            return self.skip_weight * x + self.branch_weight * f(x)
+        return x + f(ln(x))       # pre-norm: the plain residual, weights (1, 1)
 
     def forward(self, x):
+        if self.kind == 'sas':
+            x = self.beta_attn * self.attn(self.ln_1(x))
+            return x + self.beta_mlp * self.mlp(self.ln_2(x))
+        if self.kind == 'sas-p':
+            h = self.ln_1(x)
+            return self.beta_attn * self.attn(h) + self.beta_mlp * self.mlp(h)
         return self.sublayer(self.sublayer(x, self.attn, self.ln_1), self.mlp, self.ln_2)
 
 class GPT(nn.Module):
@@ -266,12 +354,15 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if learned_pos else None
         plan = signal_plan(config)
         self.h = nn.ModuleList([Block(config, plan, l) for l in range(config.n_layer)])
-        self.ln_f = (nn.LayerNorm(config.n_embd, bias=config.bias) if config.final_norm
+        # the final norm is a LayerNorm unless the blocks use RMSNorm or DyT
+        final = config.norm if config.norm in ('rmsnorm', 'dyt') else 'layernorm'
+        self.ln_f = (make_norm(final, config, config.dyt_alpha_final) if config.final_norm
                      else nn.Identity())
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.embed_scale = (nn.Parameter(torch.tensor(math.sqrt(config.n_embd)))
+                            if config.embed_scale else None)
         with torch.no_grad():
-            # SPA init: q = 1 after the embedding (token and position halves), the kernel I
-            std = 0.02 if config.init == 'gpt2' else math.sqrt(0.5 if learned_pos else 1.0)
+            std = math.sqrt(embedding_variance(config))
             for emb in (self.wte, self.wpe):
                 if emb is not None:
                     emb.weight.normal_(0.0, std)
@@ -290,6 +381,8 @@ class GPT(nn.Module):
         x = self.wte(idx)   # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(T, device=idx.device))
+        if self.embed_scale is not None:
+            x = self.embed_scale * x
         return F.dropout(x, self.config.dropout, self.training)
 
     def forward(self, idx, targets=None):
@@ -326,7 +419,7 @@ class GPT(nn.Module):
     def signal_diagnostics(self, idx):
         """Per-layer signal-propagation health, as plain floats for the training log: mean token
         correlation (-> 1 is rank collapse), activation RMS and largest q value (early warning of
-        blow-up, sec. 10), and the Value-SkipInit gains."""
+        blow-up, sec. 10), and the Value-SkipInit and shaped-attention gains."""
         stats = dict(corr=[], rms=[], q_max=[])
         for h in self.hidden_states(idx):
             kernel = token_kernel(h).cpu().numpy()
@@ -335,9 +428,10 @@ class GPT(nn.Module):
             stats['rms'].append(round(math.sqrt(kernel.diagonal().mean()), 5))
             stats['q_max'].append(round(q_max, 5))
         for block in self.h:
-            if block.attn.variant == 'vskipinit':
-                stats.setdefault('alpha', []).append(round(block.attn.alpha.mean().item(), 5))
-                stats.setdefault('beta', []).append(round(block.attn.beta.mean().item(), 5))
+            for gain in ('alpha', 'beta', 'gamma'):   # Value-SkipInit's and shaped attention's
+                if hasattr(block.attn, gain):
+                    value = getattr(block.attn, gain).mean().item()
+                    stats.setdefault(gain, []).append(round(value, 5))
         return stats
 
     @torch.no_grad()
@@ -362,7 +456,7 @@ def signal_plan(config):
     skip_weight, branch_weight = skip_weights(config)
     layers = spa.attention_layers(config.attn, config.n_layer, config.block_size, config.gamma_L,
                                   config.rho_L)
-    if config.q_correct and config.attn in spa.SHAPED:
+    if config.q_correct and config.attn in spa.BIASED:
         args = predictor_args(config)
         del args['q_correct']
         rescales = spa.q_corrected_rescalings(config.block_size, **args)
@@ -399,36 +493,56 @@ def tat_note(config):
 
 def predictor_args(config):
     """The model at init as spa.propagate_kernels sees it, in plain numbers: skip weights, TAT
-    slope, and how much each initialised linear map scales a kernel (1 for orthogonal weights;
-    std^2 * fan_in for GPT-2's N(0, 0.02), output projections 0.02 / sqrt(2L))."""
+    slope, and how much each initialised linear map scales a kernel: 1 for orthogonal weights and
+    the SAS blocks' identity values and projection; std^2 * fan_in for N(0, 0.02), GPT-2's output
+    projections 0.02 / sqrt(2L)."""
     skip, branch = skip_weights(config)
     d, L = config.n_embd, config.n_layer
     if config.init == 'gpt2':
         gains = (0.02 ** 2 * d, 0.02 ** 2 / (2 * L) * d, 0.02 ** 2 * d, 0.02 ** 2 / (2 * L) * 4 * d)
-        embed_var = 0.02 ** 2 * (2 if config.pos == 'learned' else 1)   # token (+ position)
+    elif config.init == 'sas':
+        gains = (0.02 ** 2 * d, 0.02 ** 2 * d, 0.02 ** 2 * d, 0.02 ** 2 * 4 * d)
     else:
-        gains, embed_var = (1.0, 1.0, 1.0, 1.0), 1.0                   # q = 1 after the embedding
+        gains = (1.0, 1.0, 1.0, 1.0)
+    if config.block != 'standard':
+        gains = (1.0, 1.0) + gains[2:]
+    parts = 2 if config.pos == 'learned' else 1   # token (+ position)
+    embed_var = parts * embedding_variance(config) * (d if config.embed_scale else 1)
     return dict(n_layer=L, attn=config.attn, alpha=skip, beta=branch, norm=config.norm,
                 act=config.act, slope=tat_target(config)[0], gains=gains, embed_var=embed_var,
-                gamma_L=config.gamma_L, rho_L=config.rho_L, q_correct=config.q_correct)
+                gamma_L=config.gamma_L, rho_L=config.rho_L, q_correct=config.q_correct,
+                block=config.block, block_gains=(1.0, config.beta_mlp),
+                dyt_alphas=(config.dyt_alpha_attn, config.dyt_alpha_mlp))
+
+def embedding_variance(config):
+    """Of each embedding table's entries. GPT-2 and SAS: N(0, 0.02). SPA: q = 1 after the
+    embedding (token and position halves), the kernel I. With embed_scale, q = 1 after the scale
+    (ours: at 0.02, DyT would see q = 8e-4 d and barely move off its linear part)."""
+    parts = 2 if config.pos == 'learned' else 1
+    if config.embed_scale:
+        return 1.0 / (parts * config.n_embd)
+    return 0.02 ** 2 if config.init in ('gpt2', 'sas') else 1.0 / parts
 
 def init_linear(linear, config, role):
     """role: 'qkv' | 'attn_out' | 'fc' | 'mlp_out'. GPT-2: N(0, 0.02), output projections
-    0.02/sqrt(2L). SPA: W_Q = 0 (the logits are then the bias alone, so attention is exactly the
-    designed A_l), orthogonal W_K, W_V and W_O, and scaled-orthogonal MLP weights
-    max(sqrt(fan_out/fan_in), 1) (sec. 6, 11)."""
-    w = linear.weight
+    0.02/sqrt(2L). SAS: N(0, 0.02) without the 1/sqrt(2L) (their code's) and W_Q = 0. SPA: W_Q = 0
+    (the logits are then the bias alone, so attention is exactly the designed A_l), orthogonal
+    W_K, W_V and W_O, and scaled-orthogonal MLP weights max(sqrt(fan_out/fan_in), 1) (sec. 6,
+    11). In the SAS blocks, 'qkv' is W_Q and W_K only."""
+    w, d = linear.weight, config.n_embd
     with torch.no_grad():
         if linear.bias is not None:
             linear.bias.zero_()
-        if config.init == 'gpt2':
-            std = 0.02 / math.sqrt(2 * config.n_layer) if role in ('attn_out', 'mlp_out') else 0.02
-            w.normal_(0.0, std)
+        if config.init in ('gpt2', 'sas'):
+            scaled = config.init == 'gpt2' and role in ('attn_out', 'mlp_out')
+            w.normal_(0.0, 0.02 / math.sqrt(2 * config.n_layer) if scaled else 0.02)
+            if config.init == 'sas' and role == 'qkv':
+                w[:d].zero_()
         elif role == 'qkv':
-            d = config.n_embd
             w[:d].zero_()
             nn.init.orthogonal_(w[d:2 * d])
-            nn.init.orthogonal_(w[2 * d:])
+            if len(w) > 2 * d:
+                nn.init.orthogonal_(w[2 * d:])
         else:
             nn.init.orthogonal_(w)
             w.mul_(max(math.sqrt(w.shape[0] / w.shape[1]), 1.0))
@@ -481,7 +595,8 @@ def kernel_table(argv):
     T, B = config.block_size, cfg['batch_size']
     predicted = predict_kernels(config, T)
     measured = measure_kernels(config, T, B, cfg['seed']) if cfg['measure'] else None
-    print(f"{cfg['model']}: attn={config.attn} skip={config.skip} norm={config.norm} "
+    print(f"{cfg['model']}: attn={config.attn} block={config.block} skip={config.skip} "
+          f"norm={config.norm} "
           f"act={config.act} n_layer={config.n_layer} T={T}"
           + (f", measured at width {config.n_embd}, batch {B}" if measured else ""))
     if tat_note(config):

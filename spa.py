@@ -1,5 +1,6 @@
 """
-The signal-propagation math of "Deep Transformers without Shortcuts" (He et al., ICLR 2023).
+The signal-propagation math of "Deep Transformers without Shortcuts" (He et al., ICLR 2023), and of
+its successors' blocks: shaped attention, He & Hofmann's SAS and SAS-P blocks, RMSNorm and DyT.
 
 Pure functions over numbers and float64 numpy arrays: kernels, the attention matrices that carry
 one kernel to the next (Value-SkipInit, U-SPA, E-SPA), the TAT leaky-ReLU C-map and slope, and a
@@ -14,7 +15,7 @@ import math
 
 import numpy as np
 
-SHAPED = ('espa', 'uspa')   # attention realised as softmax(logits + log A_l) times D_l (sec. 3)
+BIASED = ('espa', 'uspa')   # attention realised as softmax(logits + log A_l) times D_l (sec. 3)
 
 # -----------------------------------------------------------------------------
 # sec. 1: kernels and rank collapse
@@ -164,8 +165,9 @@ def espa_row_sums(consts, T):
 def attention_layers(attn, n_layer, T, gamma_L=0.05, rho_L=0.3):
     """[(params_l, D_l)] for l = 1..n_layer: the numbers that define log A_l (E-SPA: its four
     constants; U-SPA: its three length-T vectors) and the row sums D_l that rescale the softmax.
-    For 'softmax' (equal logits at W_Q = 0) and 'vskipinit' (identity at init) there is nothing
-    to carry: (None, None). Causal, so the numbers for T also serve every shorter sequence."""
+    For 'softmax' (equal logits at W_Q = 0), 'vskipinit' and 'shaped' (both the identity at init)
+    there is nothing to carry: (None, None). Causal, so the numbers for T also serve every
+    shorter sequence."""
     if attn == 'espa':
         g = espa_gammas(n_layer, gamma_L)
         consts = [espa_bias_constants(g[l - 1], g[l]) for l in range(1, n_layer + 1)]
@@ -174,15 +176,17 @@ def attention_layers(attn, n_layer, T, gamma_L=0.05, rho_L=0.3):
         r = uspa_rhos(n_layer, rho_L)
         factors = [uspa_factors(r[l - 1], r[l], T) for l in range(1, n_layer + 1)]
         return [(f, uspa_row_sums(f)) for f in factors]
-    if attn in ('softmax', 'vskipinit'):
+    if attn in ('softmax', 'vskipinit', 'shaped'):
         return [(None, None)] * n_layer
     raise ValueError(f"unknown attention {attn!r}: "
-                     f"expected 'softmax', 'vskipinit', 'uspa' or 'espa'")
+                     f"expected 'softmax', 'vskipinit', 'shaped', 'uspa' or 'espa'")
 
 def attend(attn, params, X):
     """A_l @ X for a T x n array, in O(T n) from the structure of A_l (the T x T matrix is never
     formed): the designed matrix of each attention at init (W_Q = 0, so logits = bias)."""
     if attn == 'vskipinit':                  # alpha = 1, beta = 0: the identity (sec. 2)
+        return X.copy()
+    if attn == 'shaped':                     # alpha I + beta P - gamma C, P = C at W_Q = 0: I
         return X.copy()
     if attn == 'softmax':                    # 1/(i+1) on j <= i: a running mean (sec. 1)
         return np.cumsum(X, axis=0) / np.arange(1, len(X) + 1)[:, None]
@@ -265,10 +269,26 @@ def _erf(x):
                                                        + t * (-1.453152027 + t * 1.061405429))))
     return np.sign(x) * (1.0 - poly * np.exp(-x * x))
 
+def _quadrature_kernel(sigma, phi, nodes=24):
+    """E[phi(u_i) phi(u_j)], u ~ N(0, Sigma), by 2-D Gauss-Hermite quadrature (nodes^2 points)."""
+    q = np.diag(sigma)
+    c = np.clip(sigma / np.sqrt(np.outer(q, q)), -1.0, 1.0)
+    x, w = np.polynomial.hermite.hermgauss(nodes)
+    z, w = np.sqrt(2.0) * x, w / np.sqrt(np.pi)
+    # u_i = sqrt(q_i) z_a, u_j = sqrt(q_j) (c_ij z_a + sqrt(1 - c_ij^2) z_b): correlation c_ij
+    f1 = phi(np.sqrt(q)[:, None] * z[None, :])                             # (T, n): phi(u_i)
+    rows = []
+    for i in range(len(q)):   # row by row: the (T, n, n) quadrature grid of one row at a time
+        c_perp = np.sqrt(1.0 - c[i] * c[i])
+        z2 = c[i, :, None, None] * z[:, None] + c_perp[:, None, None] * z[None, :]  # (T, n, n)
+        f2 = phi(np.sqrt(q)[:, None, None] * z2)                           # (T, n, n): phi(u_j)
+        rows.append(np.einsum('a,jab,a,b->j', f1[i], f2, w, w))
+    return np.array(rows)
+
 def activation_kernel(sigma, act, slope=0.0):
     """Infinite-width map of a kernel through an elementwise activation:
     Sigma(i,j) -> E[phi(u_i) phi(u_j)], u ~ N(0, Sigma). Leaky ReLUs are positively homogeneous,
-    so this is sqrt(q_i q_j) times their C-map (sec. 6); GELU uses 2-D Gauss-Hermite quadrature."""
+    so this is sqrt(q_i q_j) times their C-map (sec. 6); GELU uses quadrature."""
     q = np.diag(sigma)
     qq = np.sqrt(np.outer(q, q))
     c = np.clip(sigma / qq, -1.0, 1.0)
@@ -288,18 +308,7 @@ def activation_kernel(sigma, act, slope=0.0):
         c += sigma
         return c * gain if gain != 1.0 else c
     if act == 'gelu':
-        x, w = np.polynomial.hermite.hermgauss(24)
-        z, w = np.sqrt(2.0) * x, w / np.sqrt(np.pi)
-        gelu = lambda t: 0.5 * t * (1.0 + _erf(t / np.sqrt(2.0)))
-        # u_i = sqrt(q_i) z_a, u_j = sqrt(q_j) (c_ij z_a + sqrt(1 - c_ij^2) z_b): correlation c_ij
-        f1 = gelu(np.sqrt(q)[:, None] * z[None, :])                         # (T, n): phi(u_i)
-        rows = []
-        for i in range(len(q)):   # row by row: the (T, n, n) quadrature grid of one row at a time
-            c_perp = np.sqrt(1.0 - c[i] * c[i])
-            z2 = c[i, :, None, None] * z[:, None] + c_perp[:, None, None] * z[None, :]  # (T, n, n)
-            f2 = gelu(np.sqrt(q)[:, None, None] * z2)                       # (T, n, n): phi(u_j)
-            rows.append(np.einsum('a,jab,a,b->j', f1[i], f2, w, w))
-        return np.array(rows)
+        return _quadrature_kernel(sigma, lambda t: 0.5 * t * (1.0 + _erf(t / np.sqrt(2.0))))
     raise ValueError(f"unknown activation {act!r}: expected 'tat', 'relu' or 'gelu'")
 
 # -----------------------------------------------------------------------------
@@ -320,40 +329,73 @@ def _normalize(sigma):
     q = np.sqrt(np.diag(sigma))
     return sigma / np.outer(q, q)
 
+def norm_kernel(sigma, norm, dyt_alpha=0.5):
+    """The kernel after a pre-norm at init. LayerNorm and RMSNorm divide each token by its RMS (at
+    infinite width the features have mean zero, so the two are the same map); DyT, weight 1 and
+    bias 0 at init, maps each entry through tanh(dyt_alpha u); 'postln' and 'none' leave the
+    branch input as it is."""
+    if norm in ('layernorm', 'rmsnorm'):
+        return _normalize(sigma)
+    if norm == 'dyt':   # saturated, tanh is nearly a step and needs finer quadrature: 24 nodes
+        # are within 1e-3 while alpha^2 q <= 1, 96 within 0.003 at alpha^2 q = 18
+        nodes = 24 if dyt_alpha ** 2 * np.diag(sigma).max() <= 1.0 else 96
+        return _quadrature_kernel(sigma, lambda u: np.tanh(dyt_alpha * u), nodes)
+    return sigma
+
 def propagate_kernels(T, n_layer, attn, alpha=0.0, beta=1.0, norm='none', act='tat', slope=0.0,
                       gains=(1.0, 1.0, 1.0, 1.0), embed_var=1.0, gamma_L=0.05, rho_L=0.3,
-                      q_correct=False, sigma0=None):
+                      q_correct=False, sigma0=None, block='standard', block_gains=(1.0, 0.1),
+                      dyt_alphas=(0.5, 0.5)):
     """Yields (D_l, kernel after block l) for l = 1..n_layer: the infinite-width kernel pushed
     through the model at init (sec. 7-8), block by block, in O(T^2) per block.
 
     gains: how much the init of (W_V, W_O, W_fc, W_mlp_out) scales a kernel (1 for orthogonal
-    weights). norm: 'layernorm' (pre-LN), 'postln' or 'none'. sigma0: the kernel after the
-    embedding (default embed_var * I: distinct tokens get independent random vectors).
-    D_l is the row rescaling of the shaped attentions (None for the others); with q_correct it is
+    weights and for identity values and projection). norm: 'layernorm', 'rmsnorm' or 'dyt' before
+    each branch (dyt_alphas: DyT's alpha before attention and before the MLP), 'postln' or 'none'.
+    block: 'standard' (x -> alpha x + beta f(x) around each branch), 'sas' (no attention skip,
+    then x + beta_FF MLP(N(x))) or 'sas-p' (beta_SA attention + beta_FF MLP, both of one N(x), no
+    skip), with block_gains = (beta_SA, beta_FF). The MLP output weights are zero-mean and
+    independent of everything before them, so every cross term (skip with branch, attention with
+    MLP) vanishes in expectation. sigma0: the kernel after the embedding (default embed_var * I:
+    distinct tokens get independent random vectors).
+    D_l is the row rescaling of the biased attentions (None for the others); with q_correct it is
     re-picked from the predicted incoming kernel so that the attention output has q = 1 exactly
     (sec. 7, ours)."""
     g_v, g_o, g_fc, g_out = gains
     layers = attention_layers(attn, n_layer, T, gamma_L, rho_L)
     sigma = embed_var * np.eye(T) if sigma0 is None else np.array(sigma0, dtype=np.float64)
-    pre = _normalize if norm == 'layernorm' else (lambda s: s)
+    pre_attn = lambda s: norm_kernel(s, norm, dyt_alphas[0])
+    pre_mlp = lambda s: norm_kernel(s, norm, dyt_alphas[1])
+    mlp = lambda s: g_out * activation_kernel(g_fc * s, act, slope)
+    beta_attn, beta_mlp = block_gains
+    if block == 'sas':
+        (a_attn, b_attn), (a_mlp, b_mlp) = (0.0, beta_attn), (1.0, beta_mlp)
+    else:
+        (a_attn, b_attn), (a_mlp, b_mlp) = (alpha, beta), (alpha, beta)
 
-    def residual(sigma, branch):   # in place on the branch (a fresh array): no T x T temporaries
-        if alpha:
-            branch *= beta * beta
-            branch += alpha * alpha * sigma
+    def residual(sigma, branch, a, b):   # in place on the branch (a fresh array): no temporaries
+        if a:
+            branch *= b * b
+            branch += a * a * sigma
+        elif b != 1.0:
+            branch *= b * b
         return _normalize(branch) if norm == 'postln' else branch
 
     for params, D in layers:
         # attention: Y = A S A^T from two structured products (S symmetric, so (A S)^T = S A^T)
-        Y = attend(attn, params, np.ascontiguousarray(attend(attn, params, g_v * pre(sigma)).T))
-        if q_correct and attn in SHAPED:
+        S = pre_attn(sigma)
+        Y = attend(attn, params, np.ascontiguousarray(attend(attn, params, g_v * S).T))
+        if q_correct and attn in BIASED:
             q = np.diag(Y)
             D = D / np.sqrt(q * g_o)          # the rows of A_l scaled so that diag = 1 after W_O
             branch = Y / np.sqrt(np.outer(q, q))
         else:
             branch = g_o * Y
-        sigma = residual(sigma, branch)
-        sigma = residual(sigma, g_out * activation_kernel(g_fc * pre(sigma), act, slope))
+        if block == 'sas-p':                  # both branches read the same N(x): no skip at all
+            sigma = beta_attn ** 2 * branch + beta_mlp ** 2 * mlp(S)
+        else:
+            sigma = residual(sigma, branch, a_attn, b_attn)
+            sigma = residual(sigma, mlp(pre_mlp(sigma)), a_mlp, b_mlp)
         yield D, sigma
 
 def predict_kernels(T, n_layer, attn, sigma0=None, embed_var=1.0, **block):

@@ -19,8 +19,8 @@ import torch
 import model
 import optim
 import spa
-from model import (GPT, PRESETS, Attention, GPTConfig, config_for, measure_kernels, predict_kernels,
-                   signal_plan)
+from model import (GPT, PRESETS, Attention, DyT, GPTConfig, config_for, measure_kernels,
+                   predict_kernels, signal_plan)
 from optim import configure_optimizers
 
 # -----------------------------------------------------------------------------
@@ -36,8 +36,8 @@ def _applied_matrix(attn, x):
         return (attn(x)[0] @ torch.linalg.pinv(M)).numpy()
 
 @pytest.mark.parametrize('name,impl', [('espa', 'sdpa'), ('espa', 'flex'), ('uspa', 'sdpa'),
-                                       ('uspa', 'flex'),
-                                       ('vskipinit', 'sdpa'), ('vanilla', 'sdpa')])
+                                       ('uspa', 'flex'), ('vskipinit', 'sdpa'),
+                                       ('shaped', 'sdpa'), ('vanilla', 'sdpa')])
 def test_layer_applies_the_designed_matrix_exactly(name, impl):
     cfg = config_for(name, n_layer=6, n_embd=64, n_head=4, block_size=40)
     gpt = GPT(cfg).double()
@@ -49,7 +49,7 @@ def test_layer_applies_the_designed_matrix_exactly(name, impl):
         attn = gpt.h[layer - 1].attn
         attn.impl = impl
         A = _applied_matrix(attn, x)
-        expected = np.eye(T) if name == 'vskipinit' else designed[layer - 1]
+        expected = np.eye(T) if name in ('vskipinit', 'shaped') else designed[layer - 1]
         tol = 1e-9 if impl == 'sdpa' else 1e-5
         np.testing.assert_allclose(A, expected, atol=tol)
         assert np.abs(np.triu(A, 1)).max() < tol   # causal
@@ -60,7 +60,13 @@ def _reference_attention(attn, x):
     """Explicit T x T float64 computation of one attention layer, trained-like (W_Q != 0)."""
     B, T, C = x.shape
     H = attn.n_head
-    q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in attn.c_attn(x).split(C, dim=2))
+    qkv = attn.c_attn(x).split(C, dim=2)
+    if attn.c_proj is None:   # SAS: values x, in the first layer x (alpha_V I + beta_V dW)
+        W_V = torch.eye(C, dtype=x.dtype)
+        if attn.value_delta is not None:
+            W_V = attn.alpha_v * W_V + attn.beta_v * attn.value_delta.weight.T
+        qkv = (*qkv, x @ W_V)
+    q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in qkv)
     logits = q @ k.transpose(-1, -2) / math.sqrt(C // H)
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
     if attn.variant in ('espa', 'uspa'):
@@ -80,21 +86,27 @@ def _reference_attention(attn, x):
         y = D * y
     if attn.variant == 'vskipinit':
         y = attn.alpha.view(-1, 1, 1) * v + attn.beta.view(-1, 1, 1) * y
-    return attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+    if attn.variant == 'shaped':   # (alpha I + beta P - gamma C) V, C_ij = 1/i for j <= i
+        centre = torch.from_numpy(spa.uniform_causal_matrix(T))
+        gain = lambda g: g.view(-1, 1, 1)
+        y = (gain(attn.alpha) * torch.eye(T, dtype=x.dtype) + gain(attn.beta) * P
+             - gain(attn.gamma) * centre) @ v
+    y = y.transpose(1, 2).reshape(B, T, C)
+    return y if attn.c_proj is None else attn.c_proj(y)
 
-@pytest.mark.parametrize('name', ['espa', 'uspa', 'vskipinit', 'preln'])
+@pytest.mark.parametrize('name,layer', [('espa', 3), ('uspa', 3), ('vskipinit', 3), ('preln', 3),
+                                        ('shaped', 3), ('sas', 1), ('sas-p', 3)])
 @pytest.mark.parametrize('T', [1, 17, 64, 130])
-def test_fast_path_equals_explicit_reference_forward_and_backward(name, T):
-    layer = 3
+def test_fast_path_equals_explicit_reference_forward_and_backward(name, layer, T):
+    """Shaped attention without a T x T tensor, the SAS blocks' identity values and projection
+    (layer 1: the trainable value matrix) included."""
     cfg = config_for(name, n_layer=6, n_embd=32, n_head=2, block_size=256)
     torch.manual_seed(T)
-    attn = Attention(cfg, *signal_plan(cfg)['layers'][layer - 1]).double()
+    attn = Attention(cfg, *signal_plan(cfg)['layers'][layer - 1], first_layer=layer == 1).double()
     attn._config, attn._layer = cfg, layer
     with torch.no_grad():   # move away from init: nonzero W_Q, gains off their init values
-        attn.c_attn.weight.add_(0.3 * torch.randn_like(attn.c_attn.weight))
-        if name == 'vskipinit':
-            attn.alpha.copy_(torch.tensor([0.7, 1.2]))
-            attn.beta.copy_(torch.tensor([0.5, -0.3]))
+        for p in attn.parameters():
+            p.add_(0.3 * torch.randn_like(p))
     x = torch.randn(2, T, 32, dtype=torch.float64, requires_grad=True)
     fast, ref = attn(x), _reference_attention(attn, x)
     torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-10)
@@ -126,8 +138,8 @@ def _measured_vs_predicted(name, **kw):
     return measured, predicted
 
 @pytest.mark.parametrize('name', ['vskipinit', 'uspa', 'espa', 'softmax-skip', 'vskipinit-skip',
-                                  'uspa-skip',
-                                  'espa-skip', 'preln', 'preln-espa'])
+                                  'uspa-skip', 'espa-skip', 'preln', 'preln-espa', 'shaped', 'sas',
+                                  'sas-p', 'prermsnorm-relu', 'preln-dyt'])
 def test_kernel_of_a_wide_model_matches_the_prediction(name):
     """Tolerance: at width d the kernel maps have O(L/d) corrections (about 0.05 here; they shrink
     about 4x at width 1024). Mean correlations must agree to 0.08 at every layer, the mean q value
@@ -207,9 +219,12 @@ def _check_spa_init(model, cfg):
         torch.testing.assert_close(proj @ proj.T, eye, atol=1e-5, rtol=0)
         if block.attn.variant == 'vskipinit':
             assert (block.attn.alpha == 1).all() and (block.attn.beta == 0).all()
+        if block.attn.variant == 'shaped':
+            for gain in (block.attn.alpha, block.attn.beta, block.attn.gamma):
+                assert gain.shape == (cfg.n_head,) and (gain == 1).all()
     assert torch.count_nonzero(model.lm_head.weight) == 0
 
-@pytest.mark.parametrize('name', ['espa', 'uspa', 'vskipinit', 'vanilla', 'espa-skip'])
+@pytest.mark.parametrize('name', ['espa', 'uspa', 'vskipinit', 'vanilla', 'espa-skip', 'shaped'])
 def test_special_inits_survive_construction_and_state_dict_round_trip(name):
     cfg = config_for(name, n_layer=4, n_embd=32, block_size=16, bias=True)
     torch.manual_seed(0)
@@ -255,6 +270,133 @@ def test_optimizer_groups_go_by_role_not_by_ndim():
     assert {g['lr_scale'] for g in groups} == {1.0}
     # the tied weight counted once
     assert sum(len(g['params']) for g in groups) == len(list(preln.parameters()))
+
+# -----------------------------------------------------------------------------
+# the family that followed: shaped attention, the SAS and SAS-P blocks, RMSNorm, DyT
+
+def _rms_norm(x, weight):   # torch.nn.RMSNorm's definition, eps 1e-8 inside the square root
+    return x / (x.pow(2).mean(-1, keepdim=True) + 1e-8).sqrt() * weight
+
+@pytest.mark.parametrize('name', ['sas', 'sas-p'])
+@pytest.mark.parametrize('T', [1, 20])
+def test_sas_blocks_equal_an_explicit_float64_computation(name, T):
+    """sas: x' = beta_SA Attn(N1(x)), out = x' + beta_FF MLP(N2(x')); sas-p: out = beta_SA
+    Attn(N1(x)) + beta_FF MLP(N1(x)); away from init, forward and backward."""
+    torch.manual_seed(T)
+    gpt = GPT(config_for(name, n_layer=2, n_embd=32, n_head=2, block_size=32)).double()
+    with torch.no_grad():
+        for p in gpt.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    mlp = lambda b, t: torch.relu(t @ b.mlp.c_fc.weight.T) @ b.mlp.c_proj.weight.T
+    for block in gpt.h:
+        x = torch.randn(2, T, 32, dtype=torch.float64, requires_grad=True)
+        h = _rms_norm(x, block.ln_1.weight)
+        attended = block.beta_attn * _reference_attention(block.attn, h)
+        if name == 'sas':
+            ref = attended + block.beta_mlp * mlp(block, _rms_norm(attended, block.ln_2.weight))
+        else:
+            ref = attended + block.beta_mlp * mlp(block, h)
+        fast = block(x)
+        torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-10)
+        grad_out = torch.randn_like(fast)
+        params = [x] + list(block.parameters())
+        for a, b in zip(torch.autograd.grad(fast, params, grad_out),
+                        torch.autograd.grad(ref, params, grad_out)):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+def test_sas_and_sas_p_are_the_same_model_at_init():
+    """Attention is the identity at init, so N2(N1(x)) = N1(x) feeds both MLPs (He & Hofmann)."""
+    idx = torch.randint(0, 256, (2, 16))
+    logits = {}
+    for name in ('sas', 'sas-p'):
+        torch.manual_seed(0)
+        logits[name], _ = GPT(config_for(name, n_layer=4, n_embd=32, block_size=16))(idx, idx)
+    torch.testing.assert_close(logits['sas'], logits['sas-p'], atol=1e-5, rtol=1e-5)
+
+def _check_family_init(model, cfg):
+    d = cfg.n_embd
+    x = torch.randn(2, 8, d, dtype=torch.float64)
+    std = lambda w: w.double().std().item()
+    for layer, block in enumerate(model.h):
+        attn = block.attn
+        if cfg.init == 'sas':   # N(0, 0.02), no 1/sqrt(2L) on the outputs, W_Q = 0
+            assert torch.count_nonzero(attn.c_attn.weight[:d]) == 0
+            for w in (attn.c_attn.weight[d:2 * d], block.mlp.c_fc.weight, block.mlp.c_proj.weight):
+                assert abs(std(w) - 0.02) < 0.002
+        if cfg.norm == 'rmsnorm':
+            assert isinstance(block.ln_1, torch.nn.RMSNorm) and block.ln_1.eps == 1e-8
+        if cfg.block == 'standard':
+            continue
+        assert attn.c_attn.weight.shape == (2 * d, d) and attn.c_proj is None
+        assert (attn.value_delta is not None) == (layer == 0)
+        if layer == 0:
+            assert torch.count_nonzero(attn.value_delta.weight) == 0
+            assert attn.alpha_v.item() == attn.beta_v.item() == 1.0
+        assert block.beta_attn.item() == 1.0 and block.beta_mlp.item() == pytest.approx(0.1)
+        assert not hasattr(block, 'ln_2') if cfg.block == 'sas-p' else hasattr(block, 'ln_2')
+        torch.testing.assert_close(attn.double()(x), x, atol=1e-12, rtol=0)   # the identity
+        attn.float()
+    if cfg.norm == 'dyt':
+        assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+        sites = [(b.ln_1, cfg.dyt_alpha_attn) for b in model.h] + \
+            [(b.ln_2, cfg.dyt_alpha_mlp) for b in model.h] + [(model.ln_f, cfg.dyt_alpha_final)]
+        for dyt, alpha in sites:
+            assert isinstance(dyt, DyT) and dyt.alpha.item() == pytest.approx(alpha)
+            assert (dyt.weight == 1).all() and (dyt.bias is None or (dyt.bias == 0).all())
+    if cfg.embed_scale:   # sqrt(d) times the embedding: q = 1 at init
+        assert model.embed_scale.item() == pytest.approx(math.sqrt(d))
+        assert abs(model.embed(torch.arange(16)[None]).pow(2).mean().item() - 1) < 0.15
+
+@pytest.mark.parametrize('name', ['sas', 'sas-p', 'prermsnorm-relu', 'preln-dyt'])
+def test_family_inits_survive_construction_and_state_dict_round_trip(name):
+    cfg = config_for(name, n_layer=3, n_embd=64, block_size=16, bias=True)
+    torch.manual_seed(0)
+    gpt = GPT(cfg)
+    _check_family_init(gpt, cfg)
+    buf = io.BytesIO()
+    torch.save(gpt.state_dict(), buf)
+    torch.manual_seed(123)
+    clone = GPT(cfg)
+    clone.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    _check_family_init(clone, cfg)
+    idx = torch.randint(0, 256, (2, 16))
+    torch.testing.assert_close(clone(idx)[0], gpt(idx)[0], atol=0, rtol=0)
+
+def test_preln_dyt_departures_are_overrides_away_from_the_plain_drop_in():
+    """embed_scale=False and alpha_0 = 0.5 everywhere: the paper's DyT in GPT-2's Pre-LN."""
+    plain = GPT(config_for('preln-dyt', n_layer=2, n_embd=64, embed_scale=False,
+                           dyt_alpha_attn=0.5, dyt_alpha_mlp=0.5, dyt_alpha_final=0.5))
+    assert plain.embed_scale is None and abs(plain.wte.weight.std().item() - 0.02) < 0.002
+    assert {m.alpha.item() for m in plain.modules() if isinstance(m, DyT)} == {0.5}
+
+GAINS = {'shaped': ['h.1.attn.alpha', 'h.1.attn.beta', 'h.1.attn.gamma'],
+         'sas': ['h.1.attn.gamma', 'h.0.attn.alpha_v', 'h.0.attn.beta_v', 'h.1.beta_attn',
+                 'h.1.beta_mlp', 'h.1.ln_1.weight'],
+         'preln-dyt': ['h.1.ln_1.alpha', 'h.1.ln_2.weight', 'h.1.ln_2.bias', 'ln_f.alpha',
+                       'embed_scale']}
+
+@pytest.mark.parametrize('name', ['shaped', 'sas', 'sas-p', 'preln-dyt'])
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_family_gains_never_decay_and_matrices_do(name, optimizer):
+    gpt = GPT(config_for(name, n_layer=3, n_embd=32, block_size=16, bias=True))
+    opts = configure_optimizers(gpt, 0.1, 1e-3, (0.9, 0.95), 'cpu', optimizer)
+    group_of = {id(p): g for o in opts for g in o.param_groups for p in g['params']}
+    named = dict(gpt.named_parameters())
+    assert set(GAINS[name.replace('sas-p', 'sas')]) <= set(named)
+    matrices = ('c_attn.weight', 'c_proj.weight', 'c_fc.weight', 'value_delta.weight',
+                'wte.weight', 'wpe.weight', 'lm_head.weight')
+    for n, p in named.items():
+        assert group_of[id(p)]['weight_decay'] == (0.1 if n.endswith(matrices) else 0.0), n
+        assert p.dtype == torch.float32
+
+def test_sas_parameter_count_is_the_formula():
+    """Against Pre-LN: no W_V and W_O (-2 d^2 per block), three gains per head and beta_SA, beta_FF
+    per block, and the first layer's dW (d^2) with alpha_V, beta_V; SAS-P has one norm per block."""
+    d, L, H = 64, 6, 4
+    count = lambda name: GPT(config_for(name, n_layer=L, n_embd=d, n_head=H)).num_params()
+    assert count('sas') == count('preln') - L * 2 * d * d + L * (3 * H + 2) + d * d + 2
+    assert count('sas-p') == count('sas') - L * d
+    assert count('prermsnorm-relu') == count('preln')
 
 # -----------------------------------------------------------------------------
 # configuration, layering, command line
@@ -313,33 +455,47 @@ def test_command_line_help_and_mistakes():
 # the kernel prediction the model's plan is built from, against plain dense float64 products
 
 def _dense_prediction(T, n_layer, attn, alpha, beta, norm, act, slope, gains, embed_var, gamma_L,
-                      rho_L, q_correct):
-    """The predictor as it was before the structured version: dense T x T matrices and products."""
+                      rho_L, q_correct, block, block_gains, dyt_alphas):
+    """The predictor as it was before the structured version: dense T x T matrices and products,
+    and each block's kernel map written out."""
     g_v, g_o, g_fc, g_out = gains
     layers = spa.attention_layers(attn, n_layer, T, gamma_L, rho_L)
     A_list = [spa.attention_matrix(attn, bias_consts, T) for bias_consts, _ in layers]
     norm_ = lambda s: s / np.sqrt(np.outer(np.diag(s), np.diag(s)))
-    pre = norm_ if norm == 'layernorm' else (lambda s: s)
+    pre = lambda s, site: (norm_(s) if norm in ('layernorm', 'rmsnorm') else
+                           spa.norm_kernel(s, 'dyt', dyt_alphas[site]) if norm == 'dyt' else s)
+    mlp = lambda s: g_out * spa.activation_kernel(g_fc * s, act, slope)
     mix = lambda s, b: (alpha ** 2 * s + beta ** 2 * b if alpha else b)
+    beta_attn, beta_mlp = block_gains
     sigma, kernels, D = embed_var * np.eye(T), [], []
     for A in A_list:
         if q_correct:
             P = A / A.sum(1, keepdims=True)
-            q_out = np.einsum('ij,jk,ik->i', P, g_v * pre(sigma), P) * g_o
+            q_out = np.einsum('ij,jk,ik->i', P, g_v * pre(sigma, 0), P) * g_o
             A = P / np.sqrt(q_out)[:, None]   # output q = 1
             D.append(A.sum(1))
-        sigma = mix(sigma, g_v * g_o * A @ pre(sigma) @ A.T)
-        sigma = mix(sigma, g_out * spa.activation_kernel(g_fc * pre(sigma), act, slope))
+        attended = g_v * g_o * A @ pre(sigma, 0) @ A.T
+        if block == 'sas':       # x' = beta_SA Attn(N(x)), x' + beta_FF MLP(N(x'))
+            sigma = beta_attn ** 2 * attended
+            sigma = sigma + beta_mlp ** 2 * mlp(pre(sigma, 1))
+        elif block == 'sas-p':   # beta_SA Attn(N(x)) + beta_FF MLP(N(x))
+            sigma = beta_attn ** 2 * attended + beta_mlp ** 2 * mlp(pre(sigma, 0))
+        else:
+            sigma = mix(sigma, attended)
+            sigma = mix(sigma, mlp(pre(sigma, 1)))
         kernels.append(sigma)
     return kernels, D
 
 @pytest.mark.parametrize('name,q_correct', [('espa', True), ('uspa', True), ('espa-skip', True),
                                             ('espa', False), ('vanilla', False),
-                                            ('preln-espa', True), ('preln', False)])
+                                            ('preln-espa', True), ('preln', False),
+                                            ('sas', False), ('sas-p', False),
+                                            ('prermsnorm-relu', False), ('preln-dyt', False)])
 def test_structured_prediction_equals_dense_products(name, q_correct):
     """Pins the O(T^2)-per-layer predictor (and the q-corrected D_l it gives the model) to the dense
     O(T^3) computation it replaced."""
-    cfg = config_for(name, n_layer=10, n_embd=64, block_size=48, q_correct=q_correct)
+    cfg = config_for(name, n_layer=10, n_embd=64, block_size=48, q_correct=q_correct,
+                     beta_mlp=0.3)
     args = model.predictor_args(cfg)
     fast = predict_kernels(cfg, 48)[1:]
     dense, D_dense = _dense_prediction(48, **args)

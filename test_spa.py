@@ -107,10 +107,25 @@ def test_activation_kernel_matches_monte_carlo(act, slope):
         sampled = f.T @ f / len(u)
         np.testing.assert_allclose(spa.activation_kernel(sigma, act, slope), sampled, atol=0.015)
 
+@pytest.mark.parametrize('alpha', [0.2, 0.8, 3.0])
+def test_dyt_kernel_matches_monte_carlo(alpha):
+    """DyT at init, tanh(alpha u) elementwise: E[tanh(alpha u) tanh(alpha v)] sampled vs the
+    quadrature, from the linear regime (alpha^2 q small) to saturation."""
+    rng = np.random.default_rng(1)
+    q = np.array([0.5, 2.0])
+    for c in (-0.6, 0.0, 0.5, 0.95):
+        sigma = np.array([[q[0], c * math.sqrt(q[0] * q[1])], [c * math.sqrt(q[0] * q[1]), q[1]]])
+        f = np.tanh(alpha * rng.multivariate_normal(np.zeros(2), sigma, size=400_000))
+        np.testing.assert_allclose(spa.norm_kernel(sigma, 'dyt', alpha), f.T @ f / len(f),
+                                   atol=0.006)
+    # LayerNorm and RMSNorm: each token divided by its RMS, the same map at infinite width
+    np.testing.assert_allclose(spa.norm_kernel(sigma, 'rmsnorm'), [[1, c], [c, 1]], atol=1e-15)
+    assert spa.norm_kernel(sigma, 'postln') is sigma
+
 # -----------------------------------------------------------------------------
 # sec. 7: the structured (O(T^2)) products against plain dense float64 matrices
 
-@pytest.mark.parametrize('attn', ['espa', 'uspa', 'softmax', 'vskipinit'])
+@pytest.mark.parametrize('attn', ['espa', 'uspa', 'softmax', 'vskipinit', 'shaped'])
 def test_attend_equals_the_dense_matrix(attn):
     T = 70
     params, _ = spa.attention_layers(attn, 8, T, gamma_L=0.05, rho_L=0.6)[2]
@@ -121,7 +136,7 @@ def test_attend_equals_the_dense_matrix(attn):
         r = spa.uspa_rhos(8, 0.6)
         dense = spa.uspa_matrix(r[2], r[3], T)            # Cholesky
     else:
-        dense = spa.uniform_causal_matrix(T) if attn == 'softmax' else np.eye(T)
+        dense = spa.uniform_causal_matrix(T) if attn == 'softmax' else np.eye(T)   # at init
     X = np.random.default_rng(0).standard_normal((T, 9))
     np.testing.assert_allclose(spa.attend(attn, params, X), dense @ X, atol=1e-11)
     np.testing.assert_allclose(spa.attention_matrix(attn, params, T), dense, atol=1e-12)
