@@ -1,10 +1,11 @@
 """
 Speed and memory of every preset, measured side by side in one run.
 
-    python bench.py                                       # CPU target: 12 layers, width 256, T = 256, fp32
+    python bench.py                              # CPU target: 12 layers, width 256, T = 256, fp32
     python bench.py --models=preln,espa --steps=20 --json=bench.json
-    python bench.py --device=cuda --compile=True --n_embd=768 --n_head=12 --block_size=1024 --vocab_size=50304
-    python bench.py --mem_scaling=True --steps=0          # memory at T and 2T: linear or quadratic in T?
+    python bench.py --device=cuda --compile=True --n_embd=768 --n_head=12 --block_size=1024 \\
+        --vocab_size=50304
+    python bench.py --mem_scaling=True --steps=0 # memory at T and 2T: linear or quadratic in T?
 
 Every preset is built up front. After warm-up come rounds of one training step (forward, backward,
 AdamW) and one forward pass (no_grad) per preset, the order rotated each round, so machine noise
@@ -12,13 +13,15 @@ AdamW) and one forward pass (no_grad) per preset, the order rotated each round, 
 steps with AdamW, so that the rows compare architectures, not optimizers (Muon, the vanilla presets'
 default, costs more per step: README "Training"). ratio_to_preln is the median over rounds of
 preln's step time / the preset's step time in the same round: paired, so slow drifts in machine
-load cancel. preln is added to the run when not asked for.
+load cancel. preln is added to the run when not asked for. On a CPU, denormal floats are flushed
+to zero, as train.py does: E-SPA's bias makes many, and some CPUs compute them many times slower.
 
 The reference row, torch-ref, is always in the run: preln's architecture built from torch's own
-nn.TransformerEncoderLayer(norm_first=True, activation='gelu', dim_feedforward=4 n_embd, bias=False,
-dropout=0) stacked n_layer deep, with token + learned position embeddings, a final LayerNorm, a
-readout tied to the token embedding, cross-entropy and AdamW over the same parameter groups: the same
-parameters (count and shapes) as preln, written by a well-kept library instead of model.py.
+nn.TransformerEncoderLayer(norm_first=True, activation='gelu', dim_feedforward=4 n_embd,
+bias=False, dropout=0) stacked n_layer deep, with token + learned position embeddings, a final
+LayerNorm, a readout tied to the token embedding, cross-entropy and AdamW over the same parameter
+groups: the same parameters (count and shapes) as preln, written by a well-kept library instead of
+model.py.
 ratio_to_ref is the median over rounds of torch-ref's step time / the preset's step time in the
 same round (> 1: faster than the library); preln's is printed on its own line.
 
@@ -59,8 +62,8 @@ DEFAULTS = dict(
     block_size=256,       # T, the sequence length of every batch
     batch_size=4,
     vocab_size=256,       # 50304 for a GPT-2-sized readout
-    device='auto',        # auto (cuda if there is one) | cpu | cuda | cuda:N (hardware.device_and_dtype)
-    dtype='auto',         # auto (bfloat16 on a cuda GPU that has it, else float32) | float32 | bfloat16
+    device='auto',        # auto (cuda if there is one) | cpu | cuda | cuda:N (device_and_dtype)
+    dtype='auto',         # auto (bfloat16 on a GPU that has it, else float32) | float32 | bfloat16
     compile=False,        # torch.compile every model
     threads=0,            # CPU threads for the timed work; 0: torch's default
     steps=10,             # timed rounds (one training step and one forward pass per preset each)
@@ -80,30 +83,35 @@ class BenchError(Exception):
 
 
 def parse(argv):
-    """(cfg, names, device, dtype name, autocast context); names: the presets, preln first, then REF."""
+    """(cfg, names, device, dtype name, autocast context); names: the presets, preln first, then
+    REF."""
     cfg = configure(DEFAULTS, argv, types={'peak_flops': float})
-    names = list(gpt.PRESETS) if cfg['models'] == 'all' else [m.strip() for m in cfg['models'].split(',') if m.strip()]
+    names = (list(gpt.PRESETS) if cfg['models'] == 'all'
+             else [m.strip() for m in cfg['models'].split(',') if m.strip()])
     if not names:
-        raise BenchError(f"--models is empty; give presets such as --models=preln,espa, or all ({', '.join(gpt.PRESETS)})")
+        raise BenchError(f"--models is empty; give presets such as --models=preln,espa, or all "
+                         f"({', '.join(gpt.PRESETS)})")
     for name in names:
         if name not in gpt.PRESETS and name != REF:
             hint = did_you_mean(name, list(gpt.PRESETS) + [REF])
             raise BenchError(f"unknown preset {name!r} in --models" + (f" ({hint})" if hint else '')
-                             + f"; valid presets: {', '.join(gpt.PRESETS)} (or all); {REF} is always in the run")
+                             + f"; valid presets: {', '.join(gpt.PRESETS)} (or all); {REF} is "
+                             f"always in the run")
     names = [n for n in dict.fromkeys(names) if n != REF]     # drop repeats, keep the order
     if 'preln' not in names:
         names.insert(0, 'preln')                               # the baseline of every ratio
     names.append(REF)                                          # the library reference, always
-    if cfg['dtype'] == 'float16':                              # bench's own limit, before the shared rules
-        raise BenchError("--dtype=float16 is not supported by bench.py: training in float16 needs a loss "
-                         "scaler, which bench has not; use --dtype=bfloat16 or --dtype=float32")
+    if cfg['dtype'] == 'float16':                # bench's own limit, before the shared rules
+        raise BenchError("--dtype=float16 is not supported by bench.py: training in float16 needs "
+                         "a loss scaler, which bench has not; use --dtype=bfloat16 or "
+                         "--dtype=float32")
     try:
         device, dtype, autocast = device_and_dtype(cfg['device'], cfg['dtype'])
     except ValueError as e:
         raise BenchError(str(e)) from None
     if device == 'mps':
-        raise BenchError("--device=mps: bench.py synchronises and reads memory on cpu and cuda only; "
-                         "use --device=cpu or --device=cuda")
+        raise BenchError("--device=mps: bench.py synchronises and reads memory on cpu and cuda "
+                         "only; use --device=cpu or --device=cuda")
     for key in ('steps', 'warmup', 'threads'):
         if cfg[key] < 0:
             raise BenchError(f"--{key} must be >= 0 (got {cfg[key]})")
@@ -111,7 +119,7 @@ def parse(argv):
         raise BenchError("nothing to do: --steps=0 without --mem_scaling=True")
     if cfg['peak_flops'] is not None and not cfg['peak_flops'] > 0:
         raise BenchError(f"--peak_flops must be > 0 FLOP/s (got {cfg['peak_flops']})")
-    for name in names:                                         # the model's own checks, before any work
+    for name in names:                         # the model's own checks, before any work
         try:
             model_config(name, cfg)
         except ValueError as e:
@@ -121,27 +129,30 @@ def parse(argv):
 
 def model_config(name, cfg, block_size=None):
     """The preset's GPTConfig; REF gets preln's (same sizes, bias=False, dropout=0)."""
-    return gpt.config_for('preln' if name == REF else name, n_layer=cfg['n_layer'], n_embd=cfg['n_embd'],
-                          n_head=cfg['n_head'], block_size=block_size or cfg['block_size'], vocab_size=cfg['vocab_size'])
+    return gpt.config_for('preln' if name == REF else name, n_layer=cfg['n_layer'],
+                          n_embd=cfg['n_embd'], n_head=cfg['n_head'],
+                          block_size=block_size or cfg['block_size'], vocab_size=cfg['vocab_size'])
 
 
 class TorchReference(nn.Module):
     """GPT-2 Pre-LN from torch's own nn.TransformerEncoderLayer: the library row next to preln.
 
     Same parameters as model.GPT(preln) one for one (no biases at bias=False, GELU, 4x MLP, tied
-    readout, learned positions, final LayerNorm); only the names and the packing differ: in_proj_weight
-    is c_attn.weight (q, k, v rows in the same order), out_proj is attn.c_proj, linear1/linear2 are
-    mlp.c_fc/mlp.c_proj, norm1/norm2 are ln_1/ln_2. GPT-2 init as model.init_linear: N(0, 0.02),
-    output projections N(0, 0.02 / sqrt(2 n_layer)), LayerNorm weights 1. nn.TransformerEncoder clones
-    one layer n_layer times, so every layer is re-initialised after the cloning.
+    readout, learned positions, final LayerNorm); only the names and the packing differ:
+    in_proj_weight is c_attn.weight (q, k, v rows in the same order), out_proj is attn.c_proj,
+    linear1/linear2 are mlp.c_fc/mlp.c_proj, norm1/norm2 are ln_1/ln_2. GPT-2 init as
+    model.init_linear: N(0, 0.02), output projections N(0, 0.02 / sqrt(2 n_layer)), LayerNorm
+    weights 1. nn.TransformerEncoder clones one layer n_layer times, so every layer is
+    re-initialised after the cloning.
 
     Causal attention, the fastest correct way torch 2.13 offers: nn.MultiheadAttention refuses
-    is_causal=True without a mask, and with a mask plus is_causal=True (need_weights=False, no padding
-    mask, as the encoder layer calls it) it drops the mask and runs SDPA with is_causal=True, as preln
-    does. With the mask alone (is_causal=None) the encoder would compare it with a fresh T x T mask
-    every forward (_detect_is_causal_mask: a host sync, data-dependent under torch.compile). The mask
-    is the real one from nn.Transformer.generate_square_subsequent_mask, cached per block_size, so any
-    path that reads it (the eval-mode fast path, were it enabled) is causal too."""
+    is_causal=True without a mask, and with a mask plus is_causal=True (need_weights=False, no
+    padding mask, as the encoder layer calls it) it drops the mask and runs SDPA with
+    is_causal=True, as preln does. With the mask alone (is_causal=None) the encoder would compare
+    it with a fresh T x T mask every forward (_detect_is_causal_mask: a host sync, data-dependent
+    under torch.compile). The mask is the real one from
+    nn.Transformer.generate_square_subsequent_mask, cached per block_size, so any path that reads
+    it (the eval-mode fast path, were it enabled) is causal too."""
 
     def __init__(self, config):
         super().__init__()
@@ -149,58 +160,71 @@ class TorchReference(nn.Module):
         C, L = config.n_embd, config.n_layer
         self.wte = nn.Embedding(config.vocab_size, C)
         self.wpe = nn.Embedding(config.block_size, C)
-        layer = nn.TransformerEncoderLayer(d_model=C, nhead=config.n_head, dim_feedforward=4 * C, dropout=config.dropout,
-                                           activation='gelu', batch_first=True, norm_first=True, bias=config.bias)
-        # enable_nested_tensor: only for padding masks, and torch warns that norm_first disables it anyway
-        self.encoder = nn.TransformerEncoder(layer, L, norm=nn.LayerNorm(C, bias=config.bias), enable_nested_tensor=False)
+        layer = nn.TransformerEncoderLayer(d_model=C, nhead=config.n_head, dim_feedforward=4 * C,
+                                           dropout=config.dropout, activation='gelu',
+                                           batch_first=True, norm_first=True, bias=config.bias)
+        # enable_nested_tensor: only for padding masks, and torch warns that norm_first disables
+        # it anyway
+        self.encoder = nn.TransformerEncoder(layer, L, norm=nn.LayerNorm(C, bias=config.bias),
+                                             enable_nested_tensor=False)
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
-        self.register_buffer('causal_mask', nn.Transformer.generate_square_subsequent_mask(config.block_size),
-                             persistent=False)
+        causal = nn.Transformer.generate_square_subsequent_mask(config.block_size)
+        self.register_buffer('causal_mask', causal, persistent=False)
         with torch.no_grad():
             for emb in (self.wte, self.wpe):
                 emb.weight.normal_(0.0, 0.02)
             for lay in self.encoder.layers:
-                for w, std in ((lay.self_attn.in_proj_weight, 0.02), (lay.self_attn.out_proj.weight, 0.02 / math.sqrt(2 * L)),
-                               (lay.linear1.weight, 0.02), (lay.linear2.weight, 0.02 / math.sqrt(2 * L))):
+                out_std = 0.02 / math.sqrt(2 * L)
+                for w, std in ((lay.self_attn.in_proj_weight, 0.02),
+                               (lay.self_attn.out_proj.weight, out_std),
+                               (lay.linear1.weight, 0.02), (lay.linear2.weight, out_std)):
                     w.normal_(0.0, std)
-            for n, p in self.named_parameters():   # biases (bias=True only) start at 0, as in model.py
+            for n, p in self.named_parameters():   # biases (bias=True only) start at 0, as model.py
                 if n.endswith('bias'):
                     p.zero_()
 
     def forward(self, idx, targets=None):
         T = idx.size(1)
         if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
-        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
-        x = self.encoder(x, mask=self.causal_mask[:T, :T], is_causal=True)   # final LayerNorm included
+            raise ValueError(f"sequence of length {T} is longer than "
+                             f"block_size={self.config.block_size}")
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))   # (B, T, C)
+        x = self.encoder(x, mask=self.causal_mask[:T, :T], is_causal=True)   # final LN included
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
-        logits = self.lm_head(x)
-        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        logits = self.lm_head(x)   # (B, T, vocab)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1),
+                               ignore_index=-1)
+        return logits, loss
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """[AdamW] over optim.configure_optimizers' groups for preln: weight matrices and embeddings
         decay, LayerNorm weights (and biases) do not; the same group order and flags."""
         params = list(self.parameters())           # the tied readout once
-        groups = [dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0, lr_scale=1.0, lr=learning_rate),
-                  dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay, lr_scale=1.0, lr=learning_rate)]
-        return [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')]
+        groups = [dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0, lr_scale=1.0,
+                       lr=learning_rate),
+                  dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay,
+                       lr_scale=1.0, lr=learning_rate)]
+        return [torch.optim.AdamW(groups, lr=learning_rate, betas=betas,
+                                  fused=device_type == 'cuda')]
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, T):
-        """GPT.flops_per_token's count: 6 per weight of every matmul, plus 12 * n_layer * n_embd * T."""
-        matmul = sum(p.numel() for n, p in self.named_parameters() if n.startswith('encoder.layers.') and p.dim() == 2)
+        """GPT.flops_per_token's count: 6 per weight of every matmul, plus
+        12 * n_layer * n_embd * T."""
+        matmul = sum(p.numel() for n, p in self.named_parameters()
+                     if n.startswith('encoder.layers.') and p.dim() == 2)
         matmul += self.lm_head.weight.numel()
         return 6 * matmul + 12 * self.config.n_layer * self.config.n_embd * T
 
 
 @contextlib.contextmanager
 def one_thread():
-    """The orthogonal init's QR of small matrices, multi-threaded on a busy 2-core machine, spins
-    for seconds per matrix (OpenMP threads fighting other jobs); built on one thread it takes ms."""
+    """The orthogonal init's QR of small matrices, multi-threaded on a busy machine, spins for
+    seconds per matrix (OpenMP threads fighting other jobs); built on one thread it takes ms."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -211,9 +235,10 @@ def one_thread():
 
 def build(name, cfg, device, block_size=None):
     """A preset's model (compiled if asked), its AdamW, and how its attention runs here."""
-    torch.manual_seed(cfg['seed'])                             # every preset starts from the same randomness
+    torch.manual_seed(cfg['seed'])             # every preset starts from the same randomness
     with one_thread():
-        raw = (TorchReference if name == REF else gpt.GPT)(model_config(name, cfg, block_size)).to(device)
+        Model = TorchReference if name == REF else gpt.GPT
+        raw = Model(model_config(name, cfg, block_size)).to(device)
     args = (0.1, 1e-4, (0.9, 0.95), device.type)   # weight decay, lr, betas: AdamW for every row
     opts = raw.configure_optimizers(*args) if name == REF else configure_optimizers(raw, *args)
     attn = raw.config.attn
@@ -224,9 +249,12 @@ def build(name, cfg, device, block_size=None):
         flex = impl == 'flex' or (impl == 'auto' and device.type == 'cuda' and cfg['compile']
                                   and getattr(gpt, 'flex_attention', None) is not None)
         path = 'flex_attention score_mod' if flex else 'sdpa + T x T bias'
+    elif attn == 'shaped':
+        path = 'sdpa is_causal + cumulative mean'
     else:
         path = 'sdpa is_causal'
-    return dict(raw=raw, model=torch.compile(raw) if cfg['compile'] else raw, opts=opts, attention=path)
+    return dict(raw=raw, model=torch.compile(raw) if cfg['compile'] else raw, opts=opts,
+                attention=path)
 
 
 def sync(device):
@@ -259,14 +287,16 @@ def track_memory(device):
         base = torch.cuda.memory_allocated(device)
         yield out
         sync(device)
-        out.update(peak=torch.cuda.max_memory_allocated(device) - base, net=torch.cuda.memory_allocated(device) - base)
+        out.update(peak=torch.cuda.max_memory_allocated(device) - base,
+                   net=torch.cuda.memory_allocated(device) - base)
         return
     from torch.profiler import ProfilerActivity, profile
     with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         yield out
     # '[memory]' events carry +bytes for an allocation, -bytes for a free (frees of blocks allocated
     # before the profiler started are left out, as they should be)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == '[memory]')
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == '[memory]')
     running = list(itertools.accumulate(n for _, n in events)) or [0]
     out.update(peak=max(0, max(running)), net=running[-1])
 
@@ -282,7 +312,7 @@ def train_step(run, x, y, autocast):
 
 def forward(run, x, y, autocast):
     with torch.no_grad(), autocast:
-        run['model'](x, y)                                     # with targets: the full (B, T, vocab) readout
+        run['model'](x, y)                       # with targets: the full (B, T, vocab) readout
 
 
 def measure_memory(run, x, y, autocast, optimizer=True):
@@ -329,9 +359,10 @@ def throughput(names, cfg, device, autocast, peak):
     start = time.perf_counter()
     for r in range(cfg['warmup'] + cfg['steps']):
         if r == cfg['warmup'] > 0:
-            print(f"warm-up: {time.perf_counter() - start:.0f} s" + (' (compilation included)' if cfg['compile'] else ''), flush=True)
+            print(f"warm-up: {time.perf_counter() - start:.0f} s"
+                  + (' (compilation included)' if cfg['compile'] else ''), flush=True)
         k = r % len(names)
-        for name in names[k:] + names[:k]:                     # rotate: nobody always runs right after another
+        for name in names[k:] + names[:k]:     # rotate: nobody always runs right after another
             run = runs[name]
             dt_train = timed(lambda: train_step(run, x, y, autocast), device)
             dt_fwd = timed(lambda: forward(run, x, y, autocast), device)
@@ -344,12 +375,14 @@ def throughput(names, cfg, device, autocast, peak):
         act, peak_mem, state = measure_memory(run, x, y, autocast)
         flops = run['raw'].flops_per_token(T)                  # training: 3x the forward's
         train_ms, fwd_ms = statistics.median(t['train']), statistics.median(t['fwd'])
-        q1, _, q3 = statistics.quantiles(t['train'], n=4) if len(t['train']) > 1 else (train_ms,) * 3
+        q1, _, q3 = (statistics.quantiles(t['train'], n=4) if len(t['train']) > 1
+                     else (train_ms,) * 3)
         to_ref = {kind: paired(times[REF][kind], t[kind]) for kind in ('train', 'fwd')}
+        to_preln = {kind: paired(times['preln'][kind], t[kind])[0] for kind in ('train', 'fwd')}
         results[name] = dict(
             train_tokens_per_s=B * T / train_ms, fwd_tokens_per_s=B * T / fwd_ms,
-            ratio_to_preln=1.0 if name == 'preln' else paired(times['preln']['train'], t['train'])[0],
-            fwd_ratio_to_preln=1.0 if name == 'preln' else paired(times['preln']['fwd'], t['fwd'])[0],
+            ratio_to_preln=1.0 if name == 'preln' else to_preln['train'],
+            fwd_ratio_to_preln=1.0 if name == 'preln' else to_preln['fwd'],
             # > 1: faster than torch's own layers; _q: the quartiles of the per-round ratios
             ratio_to_ref=1.0 if name == REF else to_ref['train'][0],
             fwd_ratio_to_ref=1.0 if name == REF else to_ref['fwd'][0],
@@ -359,7 +392,8 @@ def throughput(names, cfg, device, autocast, peak):
             mfu=flops * B * T / train_ms / peak if peak else None,
             fwd_mfu=flops / 3 * B * T / fwd_ms / peak if peak else None,
             train_ms=1000 * train_ms, fwd_ms=1000 * fwd_ms, train_spread=(q3 - q1) / train_ms,
-            train_ms_all=[round(1000 * s, 3) for s in t['train']], fwd_ms_all=[round(1000 * s, 3) for s in t['fwd']],
+            train_ms_all=[round(1000 * s, 3) for s in t['train']],
+            fwd_ms_all=[round(1000 * s, 3) for s in t['fwd']],
             flops_per_token=flops, params=run['raw'].num_params(), attention=run['attention'])
     return results
 
@@ -367,8 +401,8 @@ def throughput(names, cfg, device, autocast, peak):
 def memory_scaling(names, cfg, device, autocast, dtype):
     """Forward+backward memory of every preset at T and 2T (fresh models of block_size T and 2T).
     Linear attention memory doubles; a T x T tensor per layer quadruples. From the two points,
-    act = a T + b T^2, so b T^2 = (act(2T) - 2 act(T)) / 2 is the part quadratic in T; tt_per_layer
-    says how many T x T matrices of the compute dtype per layer that is (0: linear)."""
+    act = a T + b T^2, so b T^2 = (act(2T) - 2 act(T)) / 2 is the part quadratic in T;
+    tt_per_layer says how many T x T matrices of the compute dtype per layer that is (0: linear)."""
     T, B, L = cfg['block_size'], cfg['batch_size'], cfg['n_layer']
     elem = 2 if dtype == 'bfloat16' else 4
     out = {}
@@ -377,8 +411,9 @@ def memory_scaling(names, cfg, device, autocast, dtype):
         for t in (T, 2 * T):
             run = build(name, cfg, device, block_size=t)
             gen = torch.Generator().manual_seed(cfg['seed'])
-            x, y = (torch.randint(cfg['vocab_size'], (B, t), generator=gen).to(device) for _ in range(2))
-            measure_memory(run, x, y, autocast, optimizer=False)   # once untimed: lazy state, compilation
+            x, y = (torch.randint(cfg['vocab_size'], (B, t), generator=gen).to(device)
+                    for _ in range(2))
+            measure_memory(run, x, y, autocast, optimizer=False)   # untimed: lazy state, compile
             point[t] = measure_memory(run, x, y, autocast, optimizer=False)[:2]
             del run
         (a1, p1), (a2, p2) = point[T], point[2 * T]
@@ -392,23 +427,32 @@ def memory_scaling(names, cfg, device, autocast, dtype):
 def machine(device):
     cpu = platform.processor()
     with contextlib.suppress(OSError):
-        cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), cpu)
-    return dict(torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
+        cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo')
+                    if l.startswith('model name')), cpu)
+    usable = os.sched_getaffinity(0) if hasattr(os, 'sched_getaffinity') else None
+    return dict(torch=torch.__version__, python=platform.python_version(),
+                platform=platform.platform(),
                 device=torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu,
-                cpu=cpu, cpu_count=os.cpu_count(), cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
+                cpu=cpu, cpu_count=os.cpu_count(), cpus_usable=usable and len(usable),
                 torch_threads=torch.get_num_threads(), cuda=torch.version.cuda,
-                load_avg=[round(v, 2) for v in os.getloadavg()] if hasattr(os, 'getloadavg') else None)
+                load_avg=([round(v, 2) for v in os.getloadavg()] if hasattr(os, 'getloadavg')
+                          else None))
 
 
 def main(argv):
     if '-h' in argv or '--help' in argv:
-        print(__doc__ + '\n' + format_help(DEFAULTS, key_comments(__file__), usage='python bench.py [--key=value ...]'))
+        print(__doc__ + '\n' + format_help(DEFAULTS, key_comments(__file__),
+                                           usage='python bench.py [--key=value ...]'))
         return 0
     try:
         cfg, names, device, dtype, autocast = parse(argv)
     except (ConfigError, BenchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # as train.py: E-SPA's attention weights fall below float32's normal range, where some CPUs
+    # are many times slower; as 0 they change nothing (next to a row's largest weight, >= 1/T).
+    # Only threads started afterwards inherit it, so before any torch work; False where unsupported
+    flushed = device.type == 'cpu' and torch.set_flush_denormal(True)
     if cfg['threads']:
         torch.set_num_threads(cfg['threads'])
     if device.type == 'cuda':
@@ -420,47 +464,59 @@ def main(argv):
         # code object; past dynamo's default limit of 8 it would silently run the rest eagerly
         for key in ('recompile_limit', 'cache_size_limit'):
             if hasattr(torch._dynamo.config, key):
-                setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), 8 * len(names) + 8))
+                limit = max(getattr(torch._dynamo.config, key), 8 * len(names) + 8)
+                setattr(torch._dynamo.config, key, limit)
     peak = cfg['peak_flops'] or peak_flops(device)
     settings = {k: cfg[k] for k in DEFAULTS if k not in ('json', 'models')}
-    settings.update(models=names, device=str(device), dtype=dtype, peak_flops=peak)
+    settings.update(models=names, device=str(device), dtype=dtype, peak_flops=peak,
+                    denormals_flushed=flushed)
     results = {name: {} for name in names}
     B, T = cfg['batch_size'], cfg['block_size']
-    print(f"bench: {', '.join(names)} | n_layer={cfg['n_layer']} n_embd={cfg['n_embd']} n_head={cfg['n_head']} "
-          f"T={T} B={B} | {device} {dtype}{' compiled' if cfg['compile'] else ''} | torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads | {cfg['warmup']} warm-up + {cfg['steps']} timed rounds")
+    print(f"bench: {', '.join(names)} | n_layer={cfg['n_layer']} n_embd={cfg['n_embd']} "
+          f"n_head={cfg['n_head']} T={T} B={B} | {device} {dtype}"
+          f"{' compiled' if cfg['compile'] else ''}{', denormals flushed' if flushed else ''} | "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads | {cfg['warmup']} "
+          f"warm-up + {cfg['steps']} timed rounds")
     if cfg['steps']:
         for name, r in throughput(names, cfg, device, autocast, peak).items():
             results[name].update(r)
-        print(f"\n{'preset':<15}{'train tok/s':>12}{'+-%':>7}{'x preln':>9}{'x ref':>7}{'fwd tok/s':>12}{'x preln':>9}"
-              f"{'x ref':>7}{'peak MB':>10}{'act MB':>9}{'MFU':>7}{'params':>12}  attention")
+        print(f"\n{'preset':<15}{'train tok/s':>12}{'+-%':>7}{'x preln':>9}{'x ref':>7}"
+              f"{'fwd tok/s':>12}{'x preln':>9}{'x ref':>7}{'peak MB':>10}{'act MB':>9}{'MFU':>7}"
+              f"{'params':>12}  attention")
         for name, r in results.items():
             mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else '-'
-            print(f"{name:<15}{r['train_tokens_per_s']:>12,.0f}{50 * r['train_spread']:>7.1f}{r['ratio_to_preln']:>9.3f}"
-                  f"{r['ratio_to_ref']:>7.3f}{r['fwd_tokens_per_s']:>12,.0f}{r['fwd_ratio_to_preln']:>9.3f}"
-                  f"{r['fwd_ratio_to_ref']:>7.3f}{r['peak_mem_mb']:>10.1f}{r['act_mem_mb']:>9.1f}{mfu:>7}"
-                  f"{r['params']:>12,}  {r['attention']}")
-        print(f"(x preln, x ref: median over rounds of the paired step-time ratio, preln's or {REF}'s time / the "
-              f"row's; +-%: half the interquartile range of the training step time; MFU needs the device peak, --peak_flops)")
+            print(f"{name:<15}{r['train_tokens_per_s']:>12,.0f}{50 * r['train_spread']:>7.1f}"
+                  f"{r['ratio_to_preln']:>9.3f}{r['ratio_to_ref']:>7.3f}"
+                  f"{r['fwd_tokens_per_s']:>12,.0f}{r['fwd_ratio_to_preln']:>9.3f}"
+                  f"{r['fwd_ratio_to_ref']:>7.3f}{r['peak_mem_mb']:>10.1f}{r['act_mem_mb']:>9.1f}"
+                  f"{mfu:>7}{r['params']:>12,}  {r['attention']}")
+        print(f"(x preln, x ref: median over rounds of the paired step-time ratio, preln's or "
+              f"{REF}'s time / the row's; +-%: half the interquartile range of the training step "
+              f"time; MFU needs the device peak, --peak_flops)")
         p, ref = results['preln'], results[REF]
-        print(f"\npreln vs {REF_LABEL}: train {p['ratio_to_ref']:.3f} (quartiles {p['ratio_to_ref_q'][0]:.3f}.."
-              f"{p['ratio_to_ref_q'][1]:.3f}), forward {p['fwd_ratio_to_ref']:.3f} (quartiles {p['fwd_ratio_to_ref_q'][0]:.3f}.."
-              f"{p['fwd_ratio_to_ref_q'][1]:.3f}); > 1: preln faster, over {cfg['steps']} paired rounds")
+        print(f"\npreln vs {REF_LABEL}: train {p['ratio_to_ref']:.3f} (quartiles "
+              f"{p['ratio_to_ref_q'][0]:.3f}..{p['ratio_to_ref_q'][1]:.3f}), forward "
+              f"{p['fwd_ratio_to_ref']:.3f} (quartiles {p['fwd_ratio_to_ref_q'][0]:.3f}.."
+              f"{p['fwd_ratio_to_ref_q'][1]:.3f}); > 1: preln faster, over {cfg['steps']} paired "
+              f"rounds")
+        same = p['params'] == ref['params']
         print(f"parameters: preln {p['params']:,}, {REF} {ref['params']:,}"
-              + (" (the same)" if p['params'] == ref['params'] else f" (differ by {ref['params'] - p['params']:+,})"))
+              + (" (the same)" if same else f" (differ by {ref['params'] - p['params']:+,})"))
     if cfg['mem_scaling']:
         print(f"\nmemory of forward+backward at T={T} and 2T={2 * T} (batch {B}); "
               f"linear in T doubles, T x T per layer quadruples")
-        print(f"{'preset':<15}{'act MB T':>10}{'act MB 2T':>11}{'growth':>8}{'peak MB T':>11}{'peak MB 2T':>12}"
-              f"{'growth':>8}{'TxT/layer':>11}")
+        print(f"{'preset':<15}{'act MB T':>10}{'act MB 2T':>11}{'growth':>8}{'peak MB T':>11}"
+              f"{'peak MB 2T':>12}{'growth':>8}{'TxT/layer':>11}")
         for name, s in memory_scaling(names, cfg, device, autocast, dtype).items():
             results[name]['mem_scaling'] = s
-            print(f"{name:<15}{s['act_mb_T']:>10.2f}{s['act_mb_2T']:>11.2f}{s['act_growth']:>8.2f}{s['peak_mb_T']:>11.2f}"
-                  f"{s['peak_mb_2T']:>12.2f}{s['peak_growth']:>8.2f}{s['tt_per_layer']:>11.2f}")
+            print(f"{name:<15}{s['act_mb_T']:>10.2f}{s['act_mb_2T']:>11.2f}{s['act_growth']:>8.2f}"
+                  f"{s['peak_mb_T']:>11.2f}{s['peak_mb_2T']:>12.2f}{s['peak_growth']:>8.2f}"
+                  f"{s['tt_per_layer']:>11.2f}")
     box = machine(device)
-    print(f"\nmachine: {box['device']} | {box['cpus_usable']} of {box['cpu_count']} CPUs usable, {box['torch_threads']} "
-          f"torch threads | load average {box['load_avg']} (1, 5, 15 min; this run adds about its threads, the rest "
-          f"is other jobs on the CPU) | torch {box['torch']}, python {box['python']}")
+    print(f"\nmachine: {box['device']} | {box['cpus_usable']} of {box['cpu_count']} CPUs usable, "
+          f"{box['torch_threads']} torch threads | load average {box['load_avg']} (1, 5, 15 min; "
+          f"this run adds about its threads, the rest is other jobs on the CPU) | torch "
+          f"{box['torch']}, python {box['python']}")
     for r in results.values():
         r.update(settings=settings, machine=box)
         r.setdefault('mfu', None)
