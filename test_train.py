@@ -138,14 +138,15 @@ def test_end_to_end(preset, data_dir, tmp_path):
 # -----------------------------------------------------------------------------
 # exact resume: N steps == N/2 steps + resume N/2 (weights, optimizer, logged losses)
 
-RESUME = ['--model=espa', '--optimizer=adamw', '--eval_interval=5', '--diag_interval=5',
+RESUME = ['--optimizer=adamw', '--eval_interval=5', '--diag_interval=5',
           '--lr_decay_iters=20', '--dropout=0.1', '--gradient_accumulation_steps=2']
 
 
-def test_exact_resume(data_dir, tmp_path):
+@pytest.mark.parametrize('preset', ['espa', 'sas'])
+def test_exact_resume(preset, data_dir, tmp_path):
     full, half = str(tmp_path / 'full'), str(tmp_path / 'half')
-    tiny_run(full, data_dir, *RESUME, '--max_iters=20')
-    tiny_run(half, data_dir, *RESUME, '--max_iters=10')
+    tiny_run(full, data_dir, f'--model={preset}', *RESUME, '--max_iters=20')
+    tiny_run(half, data_dir, f'--model={preset}', *RESUME, '--max_iters=10')
     assert load(os.path.join(half, 'ckpt.pt'))['run']['iter_num'] == 10
     # only what changes is repeated: the rest of the config comes from the checkpoint
     r = tiny_run(half, data_dir, '--init_from=resume', '--max_iters=20')
@@ -522,3 +523,23 @@ def test_a_two_layer_model_trains_and_says_which_tat_target_it_uses(data_dir, tm
     r = tiny_run(str(tmp_path / 'deep'), data_dir, '--model=espa', '--max_iters=3',
                  '--eval_interval=3')
     assert 'TAT:' not in r.stdout
+
+
+def denormal_product():
+    """1e-30 * 1e-10 in float32: 1e-40 is a denormal, and 0 where denormals are flushed."""
+    return (torch.tensor([1e-30]) * torch.tensor([1e-10])).item()
+
+
+def test_training_on_cpu_flushes_denormals_and_the_opening_line_says_so(data_dir, tmp_path,
+                                                                        capsys):
+    """E-SPA's attention weights fall below float32's normal range, where some CPUs are many
+    times slower: train.py flushes denormals to 0 where the CPU can (set_flush_denormal: True)."""
+    supported = torch.set_flush_denormal(False)
+    assert denormal_product() > 0
+    try:
+        train.setup([f'--data_dir={data_dir}', f'--out_dir={tmp_path / "out"}', *TINY,
+                     '--device=cpu', '--max_iters=4'])
+        assert (denormal_product() == 0) == supported
+    finally:
+        torch.set_flush_denormal(False)
+    assert ('(float32, denormals flushed)' in capsys.readouterr().out) == supported
