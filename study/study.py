@@ -14,6 +14,8 @@ stage: each run is claimed with mkdir before it starts.
     python study/study.py scale2-muon # E-SPA at the second scale with Muon at its chosen rate
     python study/study.py default     # `python train.py` itself (E-SPA, 24 x 128, T 128, 800 steps)
     python study/study.py ablations   # what the vanilla E-SPA recipe needs, and two extras
+    python study/study.py family      # shaped, SAS, SAS-P, DyT and SAS's control: sweep, 3 seeds
+    python study/study.py dyt-alpha   # DyT's alpha_0 (x0.25..x4 at every site), and the drop-in
     python study/study.py table       # study.json, study_tables.md and the plots, from the results
     python study/study.py restore     # rebuild out/study/ from study/study_curves.json
     ... --jobs=1 | --dry_run (print the train.py commands) | --variants=espa,preln | --results=DIR
@@ -57,6 +59,11 @@ STUDY = ['preln', 'preln-espa', 'vanilla', 'vskipinit', 'uspa', 'espa', 'softmax
 VANILLA = ['vskipinit', 'uspa', 'espa']
 SCALE2 = ['preln', 'preln-espa', 'espa', 'espa-skip', 'softmax-skip']
 MUON = ['preln', 'preln-espa', 'vskipinit', 'uspa', 'espa', 'espa-skip']
+FAMILY = ['shaped', 'sas', 'sas-p', 'prermsnorm-relu', 'preln-dyt']   # the paper's successors
+FAMILY_BASES = ['preln', 'preln-espa', 'prermsnorm-relu']   # prermsnorm-relu: SAS's own control
+DYT_PLAIN = ['--embed_scale=False', '--dyt_alpha_attn=0.5', '--dyt_alpha_mlp=0.5',
+             '--dyt_alpha_final=0.5']   # DyT as the paper's drop-in: every LayerNorm, alpha_0 0.5
+DYT_ALPHA = ['0.25', '0.5', '2', '4']   # multiples of preln-dyt's alpha_0 at every site (x1: family)
 TRAIN_PY_LR = '3e-3'              # train.py's default learning_rate, for the `default` stage
 
 # -----------------------------------------------------------------------------
@@ -232,6 +239,12 @@ def restore():
 # -----------------------------------------------------------------------------
 # choosing the rates
 
+def stages_of(model, optimizer):
+    """(stage of the lr sweep, stage of seeds 2 and 3) of a model under an optimizer."""
+    if optimizer == 'muon':
+        return 'muon', 'muon'
+    return ('family', 'family') if model in FAMILY else ('sweep', 'seeds')
+
 def pick_rate(res, model, optimizer='adamw'):
     """A variant's best rate among the finished sweep runs (seed 1337), or None before any; a
     rate at which another seed diverges is at the edge of stability: the best lower one replaces
@@ -239,11 +252,11 @@ def pick_rate(res, model, optimizer='adamw'):
     differs only in its attention."""
     if model == 'vanilla' and optimizer == 'adamw':
         model = 'espa'
-    stage = 'sweep' if optimizer == 'adamw' else 'muon'
+    stage, seeds_stage = stages_of(model, optimizer)
     runs = [run(stage, model, lr, optimizer=optimizer) for lr in GRID]
     runs = [r for r in runs if status(res, r) in ('done', 'diverged')]
-    seeds_at = lambda lr: [run('seeds' if optimizer == 'adamw' else 'muon', model, lr, s,
-                               optimizer=optimizer) for s in SEEDS[1:]]
+    seeds_at = lambda lr: [run(seeds_stage, model, lr, s, optimizer=optimizer)
+                           for s in SEEDS[1:]]
     while runs:
         top = min(runs, key=lambda r: final_loss(res, r))
         if not any(status(res, r) == 'diverged' for r in seeds_at(top['lr'])):
@@ -292,11 +305,12 @@ def lr_sweep(models, start, make, jobs, dry_run):
 
 def seeds(models, optimizer, jobs, dry_run):
     """Seeds 2 and 3 at every model's chosen rate, until no rate moves (see pick_rate)."""
-    stage = 'seeds' if optimizer == 'adamw' else 'muon'
     while True:
         chosen = rates()[optimizer]
-        execute([run(stage, m, chosen[m], s, optimizer=optimizer) for m in models
-                 for s in SEEDS[1:]], jobs, dry_run)
+        for m in [m for m in models if m not in chosen]:
+            print(f"# {m}: seeds 2 and 3 wait for its sweep to pick a rate")
+        execute([run(stages_of(m, optimizer)[1], m, chosen[m], s, optimizer=optimizer)
+                 for m in models if m in chosen for s in SEEDS[1:]], jobs, dry_run)
         if dry_run or not choose_rates(models, optimizer):
             return
 
@@ -327,6 +341,23 @@ def beyond_runs():
     lr = rates()['adamw']['espa']
     return {label: [run('beyond', 'espa', lr, s, extra=extra, label=f'{label}_s{s}') for s in SEEDS]
             for label, extra in BEYOND}
+
+def seed_runs(model, optimizer='adamw'):
+    """The three seeds at a model's chosen rate (the sweep's run is the first)."""
+    sweep, seeds_stage = stages_of(model, optimizer)
+    lr = rates()[optimizer][model]
+    return [run(sweep if s == 1337 else seeds_stage, model, lr, s, optimizer=optimizer)
+            for s in SEEDS]
+
+def dyt_runs():
+    """preln-dyt at its chosen rate with every alpha_0 scaled (DYT_ALPHA), and the drop-in."""
+    from model import PRESETS
+    lr, preset = rates()['adamw']['preln-dyt'], PRESETS['preln-dyt']
+    sites = ('dyt_alpha_attn', 'dyt_alpha_mlp', 'dyt_alpha_final')
+    runs = [run('dyt-alpha', 'preln-dyt', lr, extra=[f'--{k}={preset[k] * float(x):g}'
+                                                    for k in sites], label=f'alpha-x{x}')
+            for x in DYT_ALPHA]
+    return runs + [run('dyt-alpha', 'preln-dyt', lr, extra=DYT_PLAIN, label='drop-in')]
 
 def default_runs():
     """`python train.py` as a newcomer runs it (E-SPA with Muon, MATH.md sec. 10.1) at four Muon
@@ -385,8 +416,7 @@ def tables(res):
     out, plots = {}, []
     out['sweep'] = sweep_table(res, 'sweep', STUDY + ['postln'])
     out['chosen_lr'] = {m: chosen['adamw'][m] for m in STUDY}
-    main = {m: [run('sweep' if s == 1337 else 'seeds', m, chosen['adamw'][m], s) for s in SEEDS]
-            for m in STUDY}
+    main = {m: seed_runs(m) for m in STUDY}
     bases = {b: done_curves(res, main[b]) for b in ('preln', 'preln-espa')}
     out['study'], groups = seed_rows(res, main, bases)
     plots.append((groups, 'loss_curves.png',
@@ -404,8 +434,7 @@ def tables(res):
                   'depth 36, width 128, T 128, 2,000 steps, one seed'))
     out['muon_sweep'] = sweep_table(res, 'muon', MUON, 'muon')
     out['muon_chosen_lr'] = {m: chosen['muon'][m] for m in MUON}
-    muon = {m: [run('muon', m, chosen['muon'][m], s, optimizer='muon') for s in SEEDS]
-            for m in MUON}
+    muon = {m: seed_runs(m, 'muon') for m in MUON}
     muon_bases = {b: done_curves(res, muon[b]) for b in ('preln', 'preln-espa')}
     out['muon'], muon_groups = seed_rows(res, muon, muon_bases)
     plots.append(({**{f'{m} muon': g for m, g in muon_groups.items()},
@@ -425,7 +454,25 @@ def tables(res):
                         if status(res, r) in ('done', 'diverged')}
     out['beyond'], _ = seed_rows(res, {'espa': main['espa'], **beyond_runs()},
                                  {'preln': bases['preln']})
+    family_tables(res, out, plots, main, groups)
     return out, plots
+
+def family_tables(res, out, plots, main, groups):
+    """The successors next to Pre-LN, the Pre-LN + bias control and SAS's control."""
+    chosen = rates()['adamw']
+    out['family_sweep'] = sweep_table(res, 'family', FAMILY)
+    out['family_chosen_lr'] = {m: chosen.get(m) for m in FAMILY}
+    family = {m: seed_runs(m) for m in FAMILY if chosen.get(m)}
+    runs = {**{b: main[b] for b in FAMILY_BASES if b in main}, **family}
+    bases = {b: done_curves(res, runs[b]) for b in FAMILY_BASES if b in runs}
+    out['family'], family_groups = seed_rows(res, family, bases)
+    out['dyt_alpha'] = {r['name'].split('/')[1]: final_loss(res, r) if status(res, r) == 'done'
+                        else 'diverged' for r in (dyt_runs() if chosen.get('preln-dyt') else [])
+                        if status(res, r) in ('done', 'diverged')}
+    if family_groups:
+        plots.append(({**family_groups, **{b: groups[b] for b in ('preln', 'preln-espa', 'espa')
+                                           if b in groups}},
+                      'loss_curves_family.png', 'the successors, depth 24, width 64, 3 seeds'))
 
 def unigram(committed):
     """The unigram loss of pydocs (compare.unigram_loss), or the committed one without data/."""
@@ -518,6 +565,16 @@ def markdown(out):
     lines += ['', '## ablations (400 steps)', '']
     lines += [f"- {k}: {num(v)}" for k, v in out['ablations'].items()]
     lines += seed_table('beyond the paper (1000 steps)', out['beyond'], ['preln'])
+    if out.get('family_sweep'):
+        lines += ['', '## family sweep (1000 steps, seed 1337)', '']
+        for m, row in out['family_sweep'].items():
+            lines.append(f"- {m}: " + ', '.join(f"{lr}: {num(v)}" for lr, v in
+                                                sorted(row.items(), key=lambda kv: float(kv[0])))
+                         + f" -> {out['family_chosen_lr'].get(m)}")
+        lines += seed_table('family (1000 steps)', out['family'], FAMILY_BASES)
+    if out.get('dyt_alpha'):
+        lines += ['', "## preln-dyt's alpha_0 (1000 steps, seed 1337, x: every site's multiple)", '']
+        lines += [f"- {k}: {num(v)}" for k, v in out['dyt_alpha'].items()]
     return '\n'.join(lines) + '\n'
 
 # -----------------------------------------------------------------------------
@@ -548,6 +605,19 @@ def run_stage(stage, pick, jobs, dry_run):
         execute(scale2_muon_runs(pick(['espa'])), jobs, dry_run)
     elif stage == 'default':
         execute(default_runs(), jobs, dry_run)
+    elif stage == 'family':
+        models = pick(FAMILY)
+        lr_sweep(models, ['1e-3', '3e-3', '1e-2'], lambda m, lr: run('family', m, lr), jobs,
+                 dry_run)
+        if not dry_run:
+            choose_rates(models, 'adamw')
+        seeds(models, 'adamw', jobs, dry_run)
+    elif stage == 'dyt-alpha':
+        if 'preln-dyt' not in rates()['adamw']:
+            print("dyt-alpha runs at preln-dyt's chosen rate, which the family stage picks: run "
+                  "`python study/study.py family --variants=preln-dyt` first")
+            return dry_run or None
+        execute(dyt_runs(), jobs, dry_run)
     elif stage == 'ablations':
         execute(ablation_runs() + [r for rs in beyond_runs().values() for r in rs], jobs, dry_run)
     else:
@@ -560,15 +630,17 @@ def main(argv):
     stages = [a for a in argv[1:] if not a.startswith('--')]
     jobs, dry_run = int(opts.get('jobs', 2)), 'dry_run' in opts
     pick = lambda default: opts['variants'].split(',') if 'variants' in opts else default
-    if not stages:
+    if not stages or 'help' in opts or '-h' in argv:
         print(__doc__)
-        return 2
+        return 0 if stages or 'help' in opts or '-h' in argv else 2
     for stage in stages:
         if stage == 'restore':
             restore()
         elif stage == 'table':
             write_tables(opts.get('results', HERE))
-        elif not run_stage(stage, pick, jobs, dry_run):
+        elif (done := run_stage(stage, pick, jobs, dry_run)) is None:
+            return 2
+        elif not done:
             import configurator
             hint = configurator.did_you_mean(stage, STAGES)
             print(f"study.py: unknown stage {stage!r}{'; ' + hint if hint else ''} "
@@ -577,7 +649,7 @@ def main(argv):
     return 0
 
 STAGES = ['sweep', 'seeds', 'long', 'scale2', 'muon', 'long-muon', 'scale2-muon', 'default',
-          'ablations', 'table', 'restore']
+          'ablations', 'family', 'dyt-alpha', 'table', 'restore']
 
 if __name__ == '__main__':
     sys.exit(main(sys.argv))
