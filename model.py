@@ -130,10 +130,11 @@ PRESETS = {
     'shaped': dict(_VANILLA, attn='shaped', pos='learned'),
     'sas': dict(_PRELN, block='sas', attn='shaped', norm='rmsnorm', act='relu', init='sas'),
     'sas-p': dict(_PRELN, block='sas-p', attn='shaped', norm='rmsnorm', act='relu', init='sas'),
-    'prermsnorm-relu': dict(_PRELN, norm='rmsnorm', act='relu', init='sas'),   # SAS's control
+    # control: SAS's norm, activation and init in Pre-LN blocks (He & Hofmann's baseline)
+    'prermsnorm-relu': dict(_PRELN, norm='rmsnorm', act='relu', init='sas'),
     # every LayerNorm a DyT, with the LLaMA-7B recipe's alpha_0 per site and sqrt(d) embedding
-    # scale; ours: the embedding starts at unit scale (GPT.__init__). The paper's plain drop-in:
-    # embed_scale=False and every dyt_alpha 0.5.
+    # scale; ours: the scaled embedding starts at q = 1 (embedding_variance). The paper's plain
+    # drop-in: embed_scale=False and every dyt_alpha 0.5.
     'preln-dyt': dict(_PRELN, norm='dyt', embed_scale=True, dyt_alpha_attn=0.8, dyt_alpha_mlp=0.2,
                       dyt_alpha_final=0.2),
 }
@@ -163,10 +164,9 @@ class Attention(nn.Module):
                  Hofmann's); with W_Q = 0 the softmax is C and the layer is exactly I
       uspa/espa  D_l softmax(Q K^T / sqrt(hs) + log A_l) V; at init W_Q = 0, the logits are the
                  bias alone and the layer applies exactly the designed A_l (sec. 3)
-    In the SAS blocks the values and the output projection are the identity (no parameters):
-    head h's value is the h-th block of channels of x, the output the heads side by side, except
-    in the first layer, whose values are alpha_V x + beta_V x dW (dW = 0, alpha_V = beta_V = 1
-    at init; the paper's)."""
+    In the SAS blocks the values and the output projection are the identity, no parameters (head
+    h's value is the h-th block of channels of x), except the first layer's values
+    alpha_V x + beta_V x dW (dW = 0, alpha_V = beta_V = 1 at init; the paper's)."""
     impl = 'auto'   # 'auto': FlexAttention in a compiled model on a GPU, else SDPA; 'flex' | 'sdpa'
 
     def __init__(self, config, bias_consts=None, rescale=None, first_layer=False):
@@ -179,16 +179,17 @@ class Attention(nn.Module):
         init_linear(self.c_attn, config, 'qkv')
         if learned_values:
             init_linear(self.c_proj, config, 'attn_out')
-        self.value_delta = None
+        self.value_delta = None   # dW, a matrix like any other (weight decay, Muon)
         if not learned_values and first_layer:
-            self.value_delta = nn.Linear(d, d, bias=False)   # dW, decays like any matrix
+            self.value_delta = nn.Linear(d, d, bias=False)
             nn.init.zeros_(self.value_delta.weight)
             self.alpha_v, self.beta_v = nn.Parameter(torch.ones(())), nn.Parameter(torch.ones(()))
-        if self.variant in ('vskipinit', 'shaped'):   # at init the identity (sec. 2)
+        if self.variant == 'vskipinit':   # at init the identity: an orthogonal map (sec. 2)
             self.alpha = nn.Parameter(torch.ones(config.n_head))
-            self.beta = nn.Parameter(torch.full((config.n_head,), float(self.variant == 'shaped')))
-        if self.variant == 'shaped':
-            self.gamma = nn.Parameter(torch.ones(config.n_head))
+            self.beta = nn.Parameter(torch.zeros(config.n_head))
+        if self.variant == 'shaped':      # all ones: beta P - gamma C = 0 while W_Q = 0
+            self.alpha, self.beta, self.gamma = (nn.Parameter(torch.ones(config.n_head))
+                                                 for _ in range(3))
         if self.variant == 'espa':        # four floats: log A_l is analytic in (i, j) (sec. 5)
             self.bias_consts = tuple(bias_consts)
         # U-SPA's three length-T vectors and D_l = rowsum(A_l) come from the config, so they are

@@ -304,6 +304,18 @@ def test_sas_blocks_equal_an_explicit_float64_computation(name, T):
                         torch.autograd.grad(ref, params, grad_out)):
             torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
 
+def test_shaped_attention_at_init_is_alpha_times_the_values():
+    """W_Q = 0 makes the softmax C, so beta P - gamma C = 0 whenever beta = gamma: alpha V."""
+    cfg = config_for('shaped', n_layer=2, n_embd=32, n_head=2, block_size=24)
+    attn = GPT(cfg).double().h[1].attn
+    with torch.no_grad():
+        attn.alpha.copy_(torch.tensor([0.5, 2.0]))
+        attn.beta.fill_(1.7)
+        attn.gamma.fill_(1.7)
+    x = torch.randn(2, 24, 32, dtype=torch.float64)
+    v = (x @ attn.c_attn.weight[64:].T).view(2, 24, 2, 16) * attn.alpha.view(2, 1)
+    torch.testing.assert_close(attn(x), attn.c_proj(v.reshape(2, 24, 32)), atol=1e-12, rtol=0)
+
 def test_sas_and_sas_p_are_the_same_model_at_init():
     """Attention is the identity at init, so N2(N1(x)) = N1(x) feeds both MLPs (He & Hofmann)."""
     idx = torch.randint(0, 256, (2, 16))
@@ -414,6 +426,10 @@ def test_config_errors_say_what_to_do():
         GPTConfig(attn='flash')
     with pytest.raises(ValueError, match='n_layer must be a positive integer'):
         config_for('espa', n_layer=0)
+    with pytest.raises(ValueError, match="block='sas' puts its norms before.*got norm='postln'"):
+        config_for('sas', norm='postln')
+    with pytest.raises(ValueError, match="block='sass' is not one of"):
+        config_for('sas', block='sass')
 
 @pytest.mark.parametrize('name', list(PRESETS))
 def test_every_preset_is_the_config_it_documents(name):
