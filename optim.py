@@ -14,7 +14,7 @@ import torch.nn as nn
 def configure_optimizers(model, weight_decay, learning_rate, betas, device_type, optimizer='adamw',
                          muon_lr=0.03, muon_momentum=0.95, muon_adjust_lr='original'):
     """A list of optimizers over parameter groups by role, not by ndim. Linear and Embedding
-    weights decay; biases, LayerNorm weights and attention gains never do. With
+    weights decay; biases, norm weights (LayerNorm, RMSNorm, DyT) and gains never do. With
     block_lr_rule='depth', everything inside the blocks trains at lr / n_layer: with 2L weight
     matrices in series, each moving its own share keeps the end-to-end change bounded (sec. 10).
     optimizer='muon': the 2-D weights inside the blocks train with torch.optim.Muon at muon_lr
