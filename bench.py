@@ -439,6 +439,32 @@ def machine(device):
                           else None))
 
 
+def print_throughput(results, steps):
+    """The throughput table, and Pre-LN against the torch reference."""
+    print(f"\n{'preset':<15}{'train tok/s':>12}{'+-%':>7}{'x preln':>9}{'x ref':>7}"
+          f"{'fwd tok/s':>12}{'x preln':>9}{'x ref':>7}{'peak MB':>10}{'act MB':>9}{'MFU':>7}"
+          f"{'params':>12}  attention")
+    for name, r in results.items():
+        mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else '-'
+        print(f"{name:<15}{r['train_tokens_per_s']:>12,.0f}{50 * r['train_spread']:>7.1f}"
+              f"{r['ratio_to_preln']:>9.3f}{r['ratio_to_ref']:>7.3f}"
+              f"{r['fwd_tokens_per_s']:>12,.0f}{r['fwd_ratio_to_preln']:>9.3f}"
+              f"{r['fwd_ratio_to_ref']:>7.3f}{r['peak_mem_mb']:>10.1f}{r['act_mem_mb']:>9.1f}"
+              f"{mfu:>7}{r['params']:>12,}  {r['attention']}")
+    print(f"(x preln, x ref: median over rounds of the paired step-time ratio, preln's or "
+          f"{REF}'s time / the row's; +-%: half the interquartile range of the training step "
+          f"time; MFU needs the device peak, --peak_flops)")
+    p, ref = results['preln'], results[REF]
+    print(f"\npreln vs {REF_LABEL}: train {p['ratio_to_ref']:.3f} (quartiles "
+          f"{p['ratio_to_ref_q'][0]:.3f}..{p['ratio_to_ref_q'][1]:.3f}), forward "
+          f"{p['fwd_ratio_to_ref']:.3f} (quartiles {p['fwd_ratio_to_ref_q'][0]:.3f}.."
+          f"{p['fwd_ratio_to_ref_q'][1]:.3f}); > 1: preln faster, over {steps} paired "
+          f"rounds")
+    same = p['params'] == ref['params']
+    print(f"parameters: preln {p['params']:,}, {REF} {ref['params']:,}"
+          + (" (the same)" if same else f" (differ by {ref['params'] - p['params']:+,})"))
+
+
 def main(argv):
     if '-h' in argv or '--help' in argv:
         print(__doc__ + '\n' + format_help(DEFAULTS, key_comments(__file__),
@@ -480,28 +506,7 @@ def main(argv):
     if cfg['steps']:
         for name, r in throughput(names, cfg, device, autocast, peak).items():
             results[name].update(r)
-        print(f"\n{'preset':<15}{'train tok/s':>12}{'+-%':>7}{'x preln':>9}{'x ref':>7}"
-              f"{'fwd tok/s':>12}{'x preln':>9}{'x ref':>7}{'peak MB':>10}{'act MB':>9}{'MFU':>7}"
-              f"{'params':>12}  attention")
-        for name, r in results.items():
-            mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else '-'
-            print(f"{name:<15}{r['train_tokens_per_s']:>12,.0f}{50 * r['train_spread']:>7.1f}"
-                  f"{r['ratio_to_preln']:>9.3f}{r['ratio_to_ref']:>7.3f}"
-                  f"{r['fwd_tokens_per_s']:>12,.0f}{r['fwd_ratio_to_preln']:>9.3f}"
-                  f"{r['fwd_ratio_to_ref']:>7.3f}{r['peak_mem_mb']:>10.1f}{r['act_mem_mb']:>9.1f}"
-                  f"{mfu:>7}{r['params']:>12,}  {r['attention']}")
-        print(f"(x preln, x ref: median over rounds of the paired step-time ratio, preln's or "
-              f"{REF}'s time / the row's; +-%: half the interquartile range of the training step "
-              f"time; MFU needs the device peak, --peak_flops)")
-        p, ref = results['preln'], results[REF]
-        print(f"\npreln vs {REF_LABEL}: train {p['ratio_to_ref']:.3f} (quartiles "
-              f"{p['ratio_to_ref_q'][0]:.3f}..{p['ratio_to_ref_q'][1]:.3f}), forward "
-              f"{p['fwd_ratio_to_ref']:.3f} (quartiles {p['fwd_ratio_to_ref_q'][0]:.3f}.."
-              f"{p['fwd_ratio_to_ref_q'][1]:.3f}); > 1: preln faster, over {cfg['steps']} paired "
-              f"rounds")
-        same = p['params'] == ref['params']
-        print(f"parameters: preln {p['params']:,}, {REF} {ref['params']:,}"
-              + (" (the same)" if same else f" (differ by {ref['params'] - p['params']:+,})"))
+        print_throughput(results, cfg['steps'])
     if cfg['mem_scaling']:
         print(f"\nmemory of forward+backward at T={T} and 2T={2 * T} (batch {B}); "
               f"linear in T doubles, T x T per layer quadruples")
