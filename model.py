@@ -221,7 +221,8 @@ class Attention(nn.Module):
                 # a cumulative sum (at least float32: in bfloat16 it drifts over long sequences)
                 acc = torch.promote_types(v.dtype, torch.float32)
                 n = torch.arange(1, T + 1, device=v.device, dtype=acc).view(T, 1)
-                y = y - gain(self.gamma) * (v.cumsum(2, dtype=acc) / n).to(v.dtype)
+                scale = (gain(self.gamma).to(acc) / n).to(v.dtype)   # gamma_h / i, (nh, T, 1)
+                y = torch.addcmul(y, v.cumsum(2, dtype=acc).to(v.dtype), scale, value=-1)
         else:
             # FlexAttention pays off only compiled (eager, it materialises the scores): a compiled
             # model on a GPU gets it, everything else SDPA with log A_l as a float mask
