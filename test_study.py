@@ -15,7 +15,7 @@ import compare  # noqa: E402
 import study  # noqa: E402
 
 RUN_STAGES = ['sweep', 'seeds', 'long', 'scale2', 'muon', 'long-muon', 'scale2-muon', 'default',
-              'ablations']
+              'ablations', 'family', 'dyt-alpha', 'muon-rms', 'depth']
 
 
 @pytest.fixture
@@ -32,7 +32,8 @@ def flags(line):
 
 def dry_run(stage, capsys):
     assert study.main(['study.py', stage, '--dry_run']) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if not line.startswith('# ')]   # '# ...': what waits for an earlier stage
     assert lines and all(line.startswith('train.py ') for line in lines), lines[:3]
     return [flags(line) for line in lines]
 
@@ -71,6 +72,24 @@ def test_dry_run_of_every_stage_prints_the_commands_with_the_rates_of_rates_json
         if stage == 'default':
             assert [c.get('--muon_lr') for c in cmds] == ['1e-2', '3e-3', '3e-2', '1e-1', None]
             assert {c['--learning_rate'] for c in cmds} == {'3e-3'}   # train.py's, not the file's
+        if stage == 'family':   # every successor from the start of its sweep
+            assert {c['--model'] for c in cmds} == set(study.FAMILY)
+            assert {c['--learning_rate'] for c in cmds if c['--seed'] == '1337'} == \
+                {'1e-3', '3e-3', '1e-2'}
+        if stage == 'muon-rms':   # the other lr parametrisation, on every cell
+            assert {c['--model'] for c in cmds} == set(study.MUON_BOTH)
+            assert all(c['--muon_adjust_lr'] == 'match_rms_adamw' for c in cmds)
+        if stage == 'depth':   # 1 seed at 12 and 48; at 96 three seeds and both neighbours
+            at = lambda m, L: [(c['--learning_rate'], c['--seed']) for c in cmds
+                               if c['--model'] == m and c['--n_layer'] == str(L)]
+            lr = adamw['espa']
+            assert at('espa', 12) == at('espa', 48) == [(lr, '1337')]
+            assert sorted(at('espa', 96)) == sorted([(lr, '1337'), (lr, '2'), (lr, '3')] + [
+                (x, '1337') for x in study.GRID[study.GRID.index(lr) - 1::2][:2]])
+        if stage == 'dyt-alpha':   # preln-dyt's rate, every site scaled, and the drop-in
+            assert all(c['--learning_rate'] == adamw['preln-dyt'] for c in cmds)
+            assert len(cmds) == len(study.DYT_ALPHA) + 1
+            assert cmds[-1]['--embed_scale'] == 'False'
     assert not empty_out.exists()   # a dry run writes nothing
 
 

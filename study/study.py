@@ -16,9 +16,12 @@ stage: each run is claimed with mkdir before it starts.
     python study/study.py ablations   # what the vanilla E-SPA recipe needs, and two extras
     python study/study.py family      # shaped, SAS, SAS-P, DyT and SAS's control: sweep, 3 seeds
     python study/study.py dyt-alpha   # DyT's alpha_0 (x0.25..x4 at every site), and the drop-in
+    python study/study.py muon-rms    # Muon with adjust_lr_fn='match_rms_adamw': sweep, 3 seeds
+    python study/study.py depth       # depths 12, 48 (1 seed) and 96 (3 seeds, lr neighbours)
     python study/study.py table       # study.json, study_tables.md and the plots, from the results
     python study/study.py restore     # rebuild out/study/ from study/study_curves.json
     ... --jobs=1 | --dry_run (print the train.py commands) | --variants=espa,preln | --results=DIR
+        | --depths=12,48 (depth: only these)
 
 Runs land in out/study/STAGE/LABEL/ (log.jsonl, ckpt.pt, train.log), or under $STUDY_OUT; a
 diverged run (train.py exit 3) leaves a DIVERGED file and counts as worse than any finished one.
@@ -64,6 +67,9 @@ FAMILY_BASES = ['preln', 'preln-espa', 'prermsnorm-relu']   # prermsnorm-relu: S
 DYT_PLAIN = ['--embed_scale=False', '--dyt_alpha_attn=0.5', '--dyt_alpha_mlp=0.5',
              '--dyt_alpha_final=0.5']   # DyT as the paper's drop-in: every LayerNorm, alpha_0 0.5
 DYT_ALPHA = ['0.25', '0.5', '2', '4']   # multiples of preln-dyt's alpha_0 at every site (x1: family)
+BEST_NEW = 'sas-p'                      # the family's best under AdamW (RESULTS.md "family")
+MUON_BOTH = ['preln', 'preln-espa', 'espa', BEST_NEW]   # Muon, both lr parametrisations
+DEPTHS = {12: [1337], 48: [1337], 96: SEEDS}   # depth: seeds (width 64, 1000 steps, AdamW)
 TRAIN_PY_LR = '3e-3'              # train.py's default learning_rate, for the `default` stage
 
 # -----------------------------------------------------------------------------
@@ -75,15 +81,17 @@ def rates():
 
 def run(stage, model, lr, seed=1337, iters=1000, extra=(), optimizer='adamw', label=None,
         base=('study/common.py',)):
-    """One run of the study. With optimizer='muon', lr is Muon's (muon_lr) and AdamW keeps the
-    variant's chosen rate for the embeddings, readout and gains. base=(): train.py's defaults."""
-    label = label or (f"{model}{'-muon' if optimizer == 'muon' else ''}_lr{lr}_s{seed}"
+    """One run of the study. With optimizer='muon' (torch's adjust_lr_fn 'original') or
+    'muon-rms' ('match_rms_adamw'), lr is Muon's (muon_lr) and AdamW keeps the variant's chosen
+    rate for the embeddings, readout and gains. base=(): train.py's defaults."""
+    label = label or (f"{model}{'' if optimizer == 'adamw' else '-' + optimizer}_lr{lr}_s{seed}"
                       + (f"_{iters}" if iters != 1000 else ''))
     if optimizer == 'adamw':
         lrs = [f'--learning_rate={lr}', '--optimizer=adamw']
     else:
         adamw_lr = rates()['adamw'][model] if base else TRAIN_PY_LR
         lrs = [f'--learning_rate={adamw_lr}', '--optimizer=muon', f'--muon_lr={lr}']
+        lrs += ['--muon_adjust_lr=match_rms_adamw'] if optimizer == 'muon-rms' else []
     args = [*base, f'--model={model}', *lrs, f'--seed={seed}', f'--max_iters={iters}', *extra]
     return dict(name=f'{stage}/{label}', dir=os.path.join(OUT, stage, label), args=args,
                 iters=iters, model=model, lr=lr, seed=seed)
@@ -241,8 +249,8 @@ def restore():
 
 def stages_of(model, optimizer):
     """(stage of the lr sweep, stage of seeds 2 and 3) of a model under an optimizer."""
-    if optimizer == 'muon':
-        return 'muon', 'muon'
+    if optimizer != 'adamw':
+        return optimizer, optimizer
     return ('family', 'family') if model in FAMILY else ('sweep', 'seeds')
 
 def pick_rate(res, model, optimizer='adamw'):
@@ -267,7 +275,7 @@ def pick_rate(res, model, optimizer='adamw'):
 def choose_rates(models, optimizer):
     """Write the rates picked from the results into rates.json; True when one changed."""
     chosen, res = rates(), results()
-    before = dict(chosen[optimizer])
+    before = dict(chosen.setdefault(optimizer, {}))
     for m in models:
         chosen[optimizer][m] = pick_rate(res, m, optimizer) or chosen[optimizer].get(m)
     with open(RATES, 'w') as f:
@@ -306,7 +314,7 @@ def lr_sweep(models, start, make, jobs, dry_run):
 def seeds(models, optimizer, jobs, dry_run):
     """Seeds 2 and 3 at every model's chosen rate, until no rate moves (see pick_rate)."""
     while True:
-        chosen = rates()[optimizer]
+        chosen = rates().get(optimizer, {})
         for m in [m for m in models if m not in chosen]:
             print(f"# {m}: seeds 2 and 3 wait for its sweep to pick a rate")
         execute([run(stages_of(m, optimizer)[1], m, chosen[m], s, optimizer=optimizer)
@@ -358,6 +366,20 @@ def dyt_runs():
                                                     for k in sites], label=f'alpha-x{x}')
             for x in DYT_ALPHA]
     return runs + [run('dyt-alpha', 'preln-dyt', lr, extra=DYT_PLAIN, label='drop-in')]
+
+def depth_runs(models):
+    """Each model at every depth of DEPTHS at its depth-24 rate, and at 96 also the rates either
+    side (is the depth-24 rate still interior?). The family's depth-dependent settings stay the
+    presets' (SAS's beta_FF = 0.1 at every depth, as He & Hofmann keep it from 18 to 72)."""
+    runs = []
+    for m in models:
+        lr = rates()['adamw'][m]
+        i = GRID.index(lr)
+        for L, seeds in DEPTHS.items():
+            lrs = [lr] + (GRID[max(i - 1, 0):i] + GRID[i + 1:i + 2] if L == 96 else [])
+            runs += [run('depth', m, x, s, extra=[f'--n_layer={L}'], label=f'{m}_L{L}_lr{x}_s{s}')
+                     for x in lrs for s in (seeds if x == lr else [1337])]
+    return runs
 
 def default_runs():
     """`python train.py` as a newcomer runs it (E-SPA with Muon, MATH.md sec. 10.1) at four Muon
@@ -455,13 +477,32 @@ def tables(res):
     out['beyond'], _ = seed_rows(res, {'espa': main['espa'], **beyond_runs()},
                                  {'preln': bases['preln']})
     family_tables(res, out, plots, main, groups)
+    successor_tables(res, out)
     return out, plots
+
+def successor_tables(res, out):
+    """Muon with adjust_lr_fn='match_rms_adamw', and the gaps at other depths (empty until run)."""
+    chosen = rates().get('muon-rms', {})
+    sweep = sweep_table(res, 'muon-rms', MUON_BOTH, 'muon-rms')
+    out['muon_rms_sweep'] = {m: row for m, row in sweep.items() if row}
+    runs = {m: seed_runs(m, 'muon-rms') for m in out['muon_rms_sweep'] if m in chosen}
+    out['muon_rms'], _ = seed_rows(res, runs, {b: done_curves(res, runs[b])
+                                               for b in ('preln', 'preln-espa') if b in runs})
+    out['depth'] = {}
+    for L, seeds in DEPTHS.items():
+        runs = {m: [r for r in depth_runs([m]) if f'_L{L}_lr{rates()["adamw"][m]}_' in r['name']]
+                for m in MUON_BOTH}
+        runs = {m: rs for m, rs in runs.items() if any(status(res, r) for r in rs)}
+        bases = {b: done_curves(res, runs[b]) for b in ('preln', 'preln-espa') if b in runs}
+        rows, _ = seed_rows(res, runs, bases) if runs else ([], {})
+        if rows:
+            out['depth'][str(L)] = rows
 
 def family_tables(res, out, plots, main, groups):
     """The successors next to Pre-LN, the Pre-LN + bias control and SAS's control."""
     chosen = rates()['adamw']
-    out['family_sweep'] = sweep_table(res, 'family', FAMILY)
-    out['family_chosen_lr'] = {m: chosen.get(m) for m in FAMILY}
+    out['family_sweep'] = {m: row for m, row in sweep_table(res, 'family', FAMILY).items() if row}
+    out['family_chosen_lr'] = {m: chosen.get(m) for m in out['family_sweep']}
     family = {m: seed_runs(m) for m in FAMILY if chosen.get(m)}
     runs = {**{b: main[b] for b in FAMILY_BASES if b in main}, **family}
     bases = {b: done_curves(res, runs[b]) for b in FAMILY_BASES if b in runs}
@@ -572,6 +613,14 @@ def markdown(out):
                                                 sorted(row.items(), key=lambda kv: float(kv[0])))
                          + f" -> {out['family_chosen_lr'].get(m)}")
         lines += seed_table('family (1000 steps)', out['family'], FAMILY_BASES)
+    if out.get('muon_rms_sweep'):
+        lines += ['', "## muon, adjust_lr_fn='match_rms_adamw' (muon_lr sweep, 1000 steps)", '']
+        for m, row in out['muon_rms_sweep'].items():
+            lines.append(f"- {m}: " + ', '.join(f"{lr}: {num(v)}" for lr, v in
+                                                sorted(row.items(), key=lambda kv: float(kv[0]))))
+        lines += seed_table("muon, match_rms_adamw (1000 steps)", out['muon_rms'], both)
+    for L, rows in out.get('depth', {}).items():
+        lines += seed_table(f'depth {L} (width 64, 1000 steps, AdamW)', rows, both)
     if out.get('dyt_alpha'):
         lines += ['', "## preln-dyt's alpha_0 (1000 steps, seed 1337, x: every site's multiple)", '']
         lines += [f"- {k}: {num(v)}" for k, v in out['dyt_alpha'].items()]
@@ -612,10 +661,19 @@ def run_stage(stage, pick, jobs, dry_run):
         if not dry_run:
             choose_rates(models, 'adamw')
         seeds(models, 'adamw', jobs, dry_run)
+    elif stage == 'muon-rms':
+        models = pick(MUON_BOTH)
+        lr_sweep(models, ['3e-3', '1e-2', '3e-2'],
+                 lambda m, lr: run('muon-rms', m, lr, optimizer='muon-rms'), jobs, dry_run)
+        if not dry_run:
+            choose_rates(models, 'muon-rms')
+        seeds(models, 'muon-rms', jobs, dry_run)
+    elif stage == 'depth':
+        execute(depth_runs(pick(MUON_BOTH)), jobs, dry_run)
     elif stage == 'dyt-alpha':
         if 'preln-dyt' not in rates()['adamw']:
-            print("dyt-alpha runs at preln-dyt's chosen rate, which the family stage picks: run "
-                  "`python study/study.py family --variants=preln-dyt` first")
+            print("# dyt-alpha runs at preln-dyt's chosen rate, which the family stage picks: "
+                  "run `python study/study.py family --variants=preln-dyt` first")
             return dry_run or None
         execute(dyt_runs(), jobs, dry_run)
     elif stage == 'ablations':
@@ -630,6 +688,9 @@ def main(argv):
     stages = [a for a in argv[1:] if not a.startswith('--')]
     jobs, dry_run = int(opts.get('jobs', 2)), 'dry_run' in opts
     pick = lambda default: opts['variants'].split(',') if 'variants' in opts else default
+    if 'depths' in opts:   # e.g. --depths=12,48: the cheap depths first
+        global DEPTHS
+        DEPTHS = {L: seeds for L, seeds in DEPTHS.items() if str(L) in opts['depths'].split(',')}
     if not stages or 'help' in opts or '-h' in argv:
         print(__doc__)
         return 0 if stages or 'help' in opts or '-h' in argv else 2
@@ -649,7 +710,7 @@ def main(argv):
     return 0
 
 STAGES = ['sweep', 'seeds', 'long', 'scale2', 'muon', 'long-muon', 'scale2-muon', 'default',
-          'ablations', 'family', 'dyt-alpha', 'table', 'restore']
+          'ablations', 'family', 'dyt-alpha', 'muon-rms', 'depth', 'table', 'restore']
 
 if __name__ == '__main__':
     sys.exit(main(sys.argv))
