@@ -1,6 +1,6 @@
 """
 The docs tell the truth. Every results table in RESULTS.md is the one the study's driver writes
-from the committed results (study/study_curves.json), and the benchmark table is the committed
+from the committed results (study/study_curves.json), and each benchmark table is a committed
 benchmark's output. Every shell command in a ```-fenced block of README.md and RESULTS.md runs: as
 written where that takes seconds, shrunk (a tiny model, two steps, --dry_run) where it would take
 minutes, and inside a temporary folder. A command that cannot run on this machine (a GPU, a
@@ -23,6 +23,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DOCS = ('README.md', 'RESULTS.md')
+BENCHMARKS = ('bench_cpu_eager.json', 'bench_cpu_family.json')   # in assets/
 PROGRAMS = ('python', 'torchrun', 'pip', 'bash')
 # A model small enough that a run is a second of compute, whatever the command asked for (later
 # keys win, so these override the command's own).
@@ -247,23 +248,26 @@ def driver_tables(outcomes):
 
 
 def tables_not_from_the_results(results_md, driver_tables):
-    """The tables of numbers in results_md that neither the study's driver nor the committed
-    benchmark (assets/bench_cpu_eager.json) wrote."""
-    bench = json.loads(read(os.path.join('assets', 'bench_cpu_eager.json')))
+    """The tables of numbers in results_md that neither the study's driver nor a committed
+    benchmark (assets/bench_cpu_*.json, BENCHMARKS) wrote."""
+    benches = [json.loads(read(os.path.join('assets', name))) for name in BENCHMARKS]
     return [table for table in blocks(results_md) if table.startswith('|')
             and re.search(r'\d\.\d', table) and table not in driver_tables
-            and not is_the_benchmark(table, bench)]
+            and not any(is_the_benchmark(table, bench) for bench in benches)]
 
 
 def is_the_benchmark(table, bench):
-    """Rows: preset, training tokens/s, x preln (train / forward), x torch-ref (the same)."""
+    """Rows, one per preset of the run in its order: preset, training tokens/s, x preln (train /
+    forward), x torch-ref (the same), and the parameter count where the header has that column."""
     lines = table.splitlines()
     if not lines[0].startswith('| preset | training tokens/s |'):
         return False
+    params = lines[0].rstrip(' |').endswith('| parameters')
     rows = [[c.strip() for c in line.strip('|').split('|')] for line in lines[2:]]
     return rows == [[name, f"{b['train_tokens_per_s']:.0f}",
                      f"{b['ratio_to_preln']:.3f} / {b['fwd_ratio_to_preln']:.3f}",
-                     f"{b['ratio_to_ref']:.3f} / {b['fwd_ratio_to_ref']:.3f}"]
+                     f"{b['ratio_to_ref']:.3f} / {b['fwd_ratio_to_ref']:.3f}",
+                     *([f"{b['params']:,}"] if params else [])]
                     for name, b in bench.items()]
 
 
@@ -281,10 +285,19 @@ def test_every_driver_table_is_in_results_md(driver_tables):
 def test_every_table_of_numbers_in_results_md_comes_from_the_results(driver_tables):
     results = read('RESULTS.md')
     assert tables_not_from_the_results(results, driver_tables) == []
-    for number in ('2.637 (2.613-2.656)', '| 739 | 1.000 / 1.000 |'):   # and the check can fail
+    for number in ('2.637 (2.613-2.656)', '| 739 | 1.000 / 1.000 |',   # and the check can fail
+                   '| 1916 | 1.000 / 1.000 |', '| 9,509,120 |'):
         assert number in results
         changed = results.replace(number, number.replace('1', '2'), 1)
         assert len(tables_not_from_the_results(changed, driver_tables)) == 1
+
+
+def test_every_committed_benchmark_has_its_table_in_results_md():
+    tables = [t for t in blocks(read('RESULTS.md')) if t.startswith('| preset | training')]
+    for name in BENCHMARKS:
+        bench = json.loads(read(os.path.join('assets', name)))
+        assert any(is_the_benchmark(t, bench) for t in tables), \
+            f"RESULTS.md has no table rendered from assets/{name} (or it is stale)"
 
 
 # -----------------------------------------------------------------------------
