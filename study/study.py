@@ -66,7 +66,7 @@ FAMILY = ['shaped', 'sas', 'sas-p', 'prermsnorm-relu', 'preln-dyt']   # the pape
 FAMILY_BASES = ['preln', 'preln-espa', 'prermsnorm-relu']   # prermsnorm-relu: SAS's own control
 DYT_PLAIN = ['--embed_scale=False', '--dyt_alpha_attn=0.5', '--dyt_alpha_mlp=0.5',
              '--dyt_alpha_final=0.5']   # DyT as the paper's drop-in: every LayerNorm, alpha_0 0.5
-DYT_ALPHA = ['0.25', '0.5', '2', '4']   # multiples of preln-dyt's alpha_0 at every site (x1: family)
+DYT_ALPHA = ['0.25', '0.5', '2', '4']   # x preln-dyt's alpha_0 at every site (x1: the family's)
 BEST_NEW = 'sas-p'                      # the family's best under AdamW (RESULTS.md "family")
 MUON_BOTH = ['preln', 'preln-espa', 'espa', BEST_NEW]   # Muon, both lr parametrisations
 DEPTHS = {12: [1337], 48: [1337], 96: SEEDS}   # depth: seeds (width 64, 1000 steps, AdamW)
@@ -622,7 +622,7 @@ def markdown(out):
     for L, rows in out.get('depth', {}).items():
         lines += seed_table(f'depth {L} (width 64, 1000 steps, AdamW)', rows, both)
     if out.get('dyt_alpha'):
-        lines += ['', "## preln-dyt's alpha_0 (1000 steps, seed 1337, x: every site's multiple)", '']
+        lines += ['', "## preln-dyt's alpha_0 (1000 steps, seed 1337, x: at every site)", '']
         lines += [f"- {k}: {num(v)}" for k, v in out['dyt_alpha'].items()]
     return '\n'.join(lines) + '\n'
 
