@@ -50,7 +50,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False          # biases in Linear, LayerNorm and DyT (zero at init either way)
     attn: str = 'softmax'       # 'softmax' | 'vskipinit' | 'uspa' | 'espa' | 'shaped' (Attention)
-    block: str = 'standard'     # 'standard' | 'sas' | 'sas-p': He & Hofmann's blocks (Block)
+    block: str = 'standard'     # 'standard' | 'sas' | 'sas-p': He & Hofmann's (Block, sec. 17)
     skip: bool = True           # standard blocks' residuals; weighted when norm == 'none' (sec. 8)
     norm: str = 'layernorm'     # 'layernorm' (pre-LN) | 'postln' | 'rmsnorm', 'dyt' (pre) | 'none'
     act: str = 'gelu'           # 'gelu' | 'relu' | 'tat' (leaky ReLU with the TAT slope, sec. 6)
@@ -64,8 +64,8 @@ class GPTConfig:
     tie_weights: bool = True    # readout shares the token embedding (GPT-2)
     final_norm: bool = True     # a norm before the readout: LayerNorm, or the blocks' RMSNorm/DyT
     block_lr_rule: str = 'global'  # 'depth': the blocks' parameters train at lr / n_layer (sec. 10)
-    beta_mlp: float = 0.1       # SAS blocks: init of the trainable MLP branch gain (the paper's)
-    dyt_alpha_attn: float = 0.5  # DyT's alpha_0 before attention (0.5: the paper's default)
+    beta_mlp: float = 0.1       # SAS blocks: init of the trainable MLP gain (the paper's, sec. 17)
+    dyt_alpha_attn: float = 0.5  # DyT's alpha_0 before attention (0.5: the paper's; sec. 15)
     dyt_alpha_mlp: float = 0.5   # ... before the MLP
     dyt_alpha_final: float = 0.5  # ... before the readout
     embed_scale: bool = False   # a learnable scalar on the embedding, init sqrt(n_embd) (DyT's LLM)
@@ -124,9 +124,10 @@ PRESETS = {
     'vskipinit-skip': dict(_NO_NORM_SKIP, attn='vskipinit', pos='learned'),
     'uspa-skip': dict(_NO_NORM_SKIP, attn='uspa', pos='learned'),
     'espa-skip': dict(_NO_NORM_SKIP, attn='espa', pos='none'),
-    # the family that followed. 'shaped' is 'vskipinit' with shaped attention: the same matrix I at
-    # init, other training dynamics. SAS and SAS-P as He & Hofmann's code runs them: RMSNorm, ReLU,
-    # learned positions (the paper says sinusoidal), init 'sas', one lr for every block.
+    # the family that followed (secs. 13-17). 'shaped' is 'vskipinit' with shaped attention: the
+    # same matrix I at init, other training dynamics. SAS and SAS-P as He & Hofmann's code runs
+    # them: RMSNorm, ReLU, learned positions (the paper says sinusoidal), init 'sas', one lr for
+    # every block.
     'shaped': dict(_VANILLA, attn='shaped', pos='learned'),
     'sas': dict(_PRELN, block='sas', attn='shaped', norm='rmsnorm', act='relu', init='sas'),
     'sas-p': dict(_PRELN, block='sas-p', attn='shaped', norm='rmsnorm', act='relu', init='sas'),
@@ -134,7 +135,7 @@ PRESETS = {
     'prermsnorm-relu': dict(_PRELN, norm='rmsnorm', act='relu', init='sas'),
     # every LayerNorm a DyT with the LLM recipe's per-site alpha_0 and sqrt(d) embedding scale;
     # ours: the scaled embedding starts at q = 1 (embedding_variance), and alpha_0 = (1, 1, 0.5) for
-    # (attention, MLP, final), the best of short runs at the study's size (MATH.md sec. 15;
+    # (attention, MLP, final), the best of short runs at the study's size (sec. 15;
     # LLaMA-7B's 0.8/0.2/0.2 stays at the unigram loss here). The paper's plain drop-in:
     # embed_scale=False and every dyt_alpha 0.5 (it too stays at the unigram loss here).
     'preln-dyt': dict(_PRELN, norm='dyt', embed_scale=True, dyt_alpha_attn=1.0, dyt_alpha_mlp=1.0,
@@ -163,12 +164,12 @@ class Attention(nn.Module):
       vskipinit  (alpha I + beta softmax(Q K^T / sqrt(hs))) V, per head; alpha = 1, beta = 0 at init
       shaped     (alpha I + beta softmax(Q K^T / sqrt(hs)) - gamma C) V, per head, C the causal
                  uniform matrix C_ij = 1/i (j <= i); alpha = beta = gamma = 1 at init (He &
-                 Hofmann's); with W_Q = 0 the softmax is C and the layer is exactly I
+                 Hofmann's); with W_Q = 0 the softmax is C and the layer is exactly I (sec. 13)
       uspa/espa  D_l softmax(Q K^T / sqrt(hs) + log A_l) V; at init W_Q = 0, the logits are the
                  bias alone and the layer applies exactly the designed A_l (sec. 3)
     In the SAS blocks the values and the output projection are the identity, no parameters (head
     h's value is the h-th block of channels of x), except the first layer's values
-    alpha_V x + beta_V x dW (dW = 0, alpha_V = beta_V = 1 at init; the paper's)."""
+    alpha_V x + beta_V x dW (dW = 0, alpha_V = beta_V = 1 at init; the paper's, sec. 17)."""
     impl = 'auto'   # 'auto': FlexAttention in a compiled model on a GPU, else SDPA; 'flex' | 'sdpa'
 
     def __init__(self, config, bias_consts=None, rescale=None, first_layer=False):
@@ -217,7 +218,7 @@ class Attention(nn.Module):
             if self.variant != 'softmax':   # per-head gains, (nh, 1, 1)
                 gain = lambda g: g.view(-1, 1, 1).to(v.dtype)
                 y = gain(self.alpha) * v + gain(self.beta) * y   # (B, nh, T, hs)
-            if self.variant == 'shaped':   # - gamma C V: row i of C V is the mean of v_1..v_i,
+            if self.variant == 'shaped':   # - gamma C V, sec. 13: row i is the mean of v_1..v_i,
                 # a cumulative sum (at least float32: in bfloat16 it drifts over long sequences)
                 acc = torch.promote_types(v.dtype, torch.float32)
                 n = torch.arange(1, T + 1, device=v.device, dtype=acc).view(T, 1)
@@ -285,7 +286,7 @@ class MLP(nn.Module):
         return F.dropout(self.c_proj(h), self.dropout, self.training)
 
 class DyT(nn.Module):
-    """Dynamic tanh (Zhu et al., 2025), a LayerNorm's replacement without statistics:
+    """Dynamic tanh (Zhu et al., 2025; sec. 15), a LayerNorm's replacement without statistics:
     weight * tanh(alpha x) + bias, alpha one learnable scalar, weight ones and bias zeros at init
     (a bias where config.bias gives the LayerNorm one: ours, the paper's DyT always has one)."""
 
@@ -302,7 +303,7 @@ class DyT(nn.Module):
 def make_norm(norm, config, dyt_alpha):
     """The normalisation layer called norm; dyt_alpha: DyT's alpha_0 at this site. RMSNorm is
     torch's, scale only, eps 1e-8 inside the square root (the paper's; the code adds 1e-5 to the
-    RMS outside it)."""
+    RMS outside it; sec. 14)."""
     if norm in ('layernorm', 'postln'):
         return nn.LayerNorm(config.n_embd, bias=config.bias)
     if norm == 'rmsnorm':
@@ -311,8 +312,8 @@ def make_norm(norm, config, dyt_alpha):
 
 class Block(nn.Module):
     """block='standard': attention, then the MLP, each as x -> skip_weight * x + branch_weight *
-    f(x), with the norm where config.norm puts it. He & Hofmann's blocks, with trainable gains
-    beta_SA (init 1) and beta_FF (init config.beta_mlp):
+    f(x), with the norm where config.norm puts it. He & Hofmann's blocks (sec. 17; the parallel
+    one's kernel: sec. 16), with trainable gains beta_SA (init 1) and beta_FF (config.beta_mlp):
       sas    x' = beta_SA Attn(N1(x)), out = x' + beta_FF MLP(N2(x'))   no attention skip; the
              MLP skip is 1, fixed (the paper's; their code trains it)
       sas-p  out = beta_SA Attn(N1(x)) + beta_FF MLP(N1(x))            no skip, one norm"""
@@ -521,7 +522,7 @@ def predictor_args(config):
 def embedding_variance(config):
     """Of each embedding table's entries. GPT-2 and SAS: N(0, 0.02). SPA: q = 1 after the
     embedding (token and position halves), the kernel I. With embed_scale, q = 1 after the scale
-    (ours: at 0.02, DyT would see q = 8e-4 d and barely move off its linear part)."""
+    (ours: at 0.02, DyT would see q = 8e-4 d and barely move off its linear part; sec. 15)."""
     parts = 2 if config.pos == 'learned' else 1
     if config.embed_scale:
         return 1.0 / (parts * config.n_embd)
@@ -529,10 +530,10 @@ def embedding_variance(config):
 
 def init_linear(linear, config, role):
     """role: 'qkv' | 'attn_out' | 'fc' | 'mlp_out'. GPT-2: N(0, 0.02), output projections
-    0.02/sqrt(2L). SAS: N(0, 0.02) without the 1/sqrt(2L) (their code's) and W_Q = 0. SPA: W_Q = 0
-    (the logits are then the bias alone, so attention is exactly the designed A_l), orthogonal
-    W_K, W_V and W_O, and scaled-orthogonal MLP weights max(sqrt(fan_out/fan_in), 1) (sec. 6,
-    11). In the SAS blocks, 'qkv' is W_Q and W_K only."""
+    0.02/sqrt(2L). SAS: N(0, 0.02) without the 1/sqrt(2L) (their code's) and W_Q = 0 (sec. 17).
+    SPA: W_Q = 0 (the logits are then the bias alone, so attention is exactly the designed A_l),
+    orthogonal W_K, W_V and W_O, and scaled-orthogonal MLP weights max(sqrt(fan_out/fan_in), 1)
+    (sec. 6, 11). In the SAS blocks, 'qkv' is W_Q and W_K only."""
     w, d = linear.weight, config.n_embd
     with torch.no_grad():
         if linear.bias is not None:

@@ -186,7 +186,7 @@ def attend(attn, params, X):
     formed): the designed matrix of each attention at init (W_Q = 0, so logits = bias)."""
     if attn == 'vskipinit':                  # alpha = 1, beta = 0: the identity (sec. 2)
         return X.copy()
-    if attn == 'shaped':                     # alpha I + beta P - gamma C, P = C at W_Q = 0: I
+    if attn == 'shaped':                     # alpha I + beta P - gamma C = I at W_Q = 0 (sec. 13)
         return X.copy()
     if attn == 'softmax':                    # 1/(i+1) on j <= i: a running mean (sec. 1)
         return np.cumsum(X, axis=0) / np.arange(1, len(X) + 1)[:, None]
@@ -331,9 +331,9 @@ def _normalize(sigma):
 
 def norm_kernel(sigma, norm, dyt_alpha=0.5):
     """The kernel after a pre-norm at init. LayerNorm and RMSNorm divide each token by its RMS (at
-    infinite width the features have mean zero, so the two are the same map); DyT, weight 1 and
-    bias 0 at init, maps each entry through tanh(dyt_alpha u); 'postln' and 'none' leave the
-    branch input as it is."""
+    infinite width the features have mean zero, so the two are the same map, sec. 14); DyT, weight
+    1 and bias 0 at init, maps each entry through tanh(dyt_alpha u) (sec. 15); 'postln' and 'none'
+    leave the branch input as it is."""
     if norm in ('layernorm', 'rmsnorm'):
         return _normalize(sigma)
     if norm == 'dyt':   # saturated, tanh is nearly a step and needs finer quadrature: 24 nodes
@@ -353,11 +353,11 @@ def propagate_kernels(T, n_layer, attn, alpha=0.0, beta=1.0, norm='none', act='t
     weights and for identity values and projection). norm: 'layernorm', 'rmsnorm' or 'dyt' before
     each branch (dyt_alphas: DyT's alpha before attention and before the MLP), 'postln' or 'none'.
     block: 'standard' (x -> alpha x + beta f(x) around each branch), 'sas' (no attention skip,
-    then x + beta_FF MLP(N(x))) or 'sas-p' (beta_SA attention + beta_FF MLP, both of one N(x), no
-    skip), with block_gains = (beta_SA, beta_FF). The MLP output weights are zero-mean and
-    independent of everything before them, so every cross term (skip with branch, attention with
-    MLP) vanishes in expectation. sigma0: the kernel after the embedding (default embed_var * I:
-    distinct tokens get independent random vectors).
+    then x + beta_FF MLP(N(x)); sec. 17) or 'sas-p' (beta_SA attention + beta_FF MLP, both of one
+    N(x), no skip; sec. 16), with block_gains = (beta_SA, beta_FF). The MLP output weights are
+    zero-mean and independent of everything before them, so every cross term (skip with branch,
+    attention with MLP) vanishes in expectation. sigma0: the kernel after the embedding (default
+    embed_var * I: distinct tokens get independent random vectors).
     D_l is the row rescaling of the biased attentions (None for the others); with q_correct it is
     re-picked from the predicted incoming kernel so that the attention output has q = 1 exactly
     (sec. 7, ours)."""
