@@ -628,6 +628,14 @@ def markdown(out):
 
 # -----------------------------------------------------------------------------
 
+def sweep_and_seeds(models, stage, start, optimizer, jobs, dry_run):
+    """An lr sweep from `start` until interior, the rates it picks into rates.json, then seeds 2
+    and 3 at them."""
+    lr_sweep(models, start, lambda m, lr: run(stage, m, lr, optimizer=optimizer), jobs, dry_run)
+    if not dry_run:
+        choose_rates(models, optimizer)
+    seeds(models, optimizer, jobs, dry_run)
+
 def run_stage(stage, pick, jobs, dry_run):
     if stage == 'sweep':
         models = pick(STUDY + ['postln'])
@@ -642,12 +650,7 @@ def run_stage(stage, pick, jobs, dry_run):
     elif stage == 'scale2':
         execute(scale2_runs(pick(SCALE2)), jobs, dry_run)
     elif stage == 'muon':
-        models = pick(MUON)
-        lr_sweep(models, ['1e-2', '3e-2', '1e-1'],
-                 lambda m, lr: run('muon', m, lr, optimizer='muon'), jobs, dry_run)
-        if not dry_run:
-            choose_rates(models, 'muon')
-        seeds(models, 'muon', jobs, dry_run)
+        sweep_and_seeds(pick(MUON), 'muon', ['1e-2', '3e-2', '1e-1'], 'muon', jobs, dry_run)
     elif stage == 'long-muon':
         execute(long_runs(pick(VANILLA), 'muon'), jobs, dry_run)
     elif stage == 'scale2-muon':
@@ -655,19 +658,10 @@ def run_stage(stage, pick, jobs, dry_run):
     elif stage == 'default':
         execute(default_runs(), jobs, dry_run)
     elif stage == 'family':
-        models = pick(FAMILY)
-        lr_sweep(models, ['1e-3', '3e-3', '1e-2'], lambda m, lr: run('family', m, lr), jobs,
-                 dry_run)
-        if not dry_run:
-            choose_rates(models, 'adamw')
-        seeds(models, 'adamw', jobs, dry_run)
+        sweep_and_seeds(pick(FAMILY), 'family', ['1e-3', '3e-3', '1e-2'], 'adamw', jobs, dry_run)
     elif stage == 'muon-rms':
-        models = pick(MUON_BOTH)
-        lr_sweep(models, ['3e-3', '1e-2', '3e-2'],
-                 lambda m, lr: run('muon-rms', m, lr, optimizer='muon-rms'), jobs, dry_run)
-        if not dry_run:
-            choose_rates(models, 'muon-rms')
-        seeds(models, 'muon-rms', jobs, dry_run)
+        sweep_and_seeds(pick(MUON_BOTH), 'muon-rms', ['3e-3', '1e-2', '3e-2'], 'muon-rms', jobs,
+                        dry_run)
     elif stage == 'depth':
         execute(depth_runs(pick(MUON_BOTH)), jobs, dry_run)
     elif stage == 'dyt-alpha':
