@@ -203,6 +203,8 @@ def results():
     diverged = set(res['diverged'])
     for log in sorted(glob.glob(os.path.join(OUT, '*', '*', 'log.jsonl'))):
         d = os.path.dirname(log)
+        if held_elsewhere(dict(dir=d)):
+            continue   # still running: its curve so far is not a result yet
         name, evs = os.path.relpath(d, OUT), evals(d)
         if evs and len(evs) >= len(res['curves'].get(name, ())):
             res['curves'][name] = evs
@@ -507,9 +509,11 @@ def family_tables(res, out, plots, main, groups):
     runs = {**{b: main[b] for b in FAMILY_BASES if b in main}, **family}
     bases = {b: done_curves(res, runs[b]) for b in FAMILY_BASES if b in runs}
     out['family'], family_groups = seed_rows(res, family, bases)
-    out['dyt_alpha'] = {r['name'].split('/')[1]: final_loss(res, r) if status(res, r) == 'done'
-                        else 'diverged' for r in (dyt_runs() if chosen.get('preln-dyt') else [])
-                        if status(res, r) in ('done', 'diverged')}
+    dyt = dyt_runs() if chosen.get('preln-dyt') else []
+    dyt[2:2] = [dict(seed_runs('preln-dyt')[0], label='alpha-x1')] if dyt else []   # the preset
+    out['dyt_alpha'] = {r.get('label', r['name'].split('/')[1]): final_loss(res, r)
+                        if status(res, r) == 'done' else 'diverged'
+                        for r in dyt if status(res, r) in ('done', 'diverged')}
     if family_groups:
         plots.append(({**family_groups, **{b: groups[b] for b in ('preln', 'preln-espa', 'espa')
                                            if b in groups}},
