@@ -376,9 +376,10 @@ def depth_runs(models):
     runs = []
     for m in models:
         lr = rates()['adamw'][m]
-        i = GRID.index(lr)
+        either_side = [x for x in GRID if float(x) < float(lr)][-1:] + \
+            [x for x in GRID if float(x) > float(lr)][:1]
         for L, seeds in DEPTHS.items():
-            lrs = [lr] + (GRID[max(i - 1, 0):i] + GRID[i + 1:i + 2] if L == 96 else [])
+            lrs = [lr] + (either_side if L == 96 else [])
             runs += [run('depth', m, x, s, extra=[f'--n_layer={L}'], label=f'{m}_L{L}_lr{x}_s{s}')
                      for x in lrs for s in (seeds if x == lr else [1337])]
     return runs
