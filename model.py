@@ -69,6 +69,7 @@ class GPTConfig:
     dyt_alpha_mlp: float = 0.5   # ... before the MLP
     dyt_alpha_final: float = 0.5  # ... before the readout
     embed_scale: bool = False   # a learnable scalar on the embedding, init sqrt(n_embd) (DyT's LLM)
+    embed_norm: bool = False    # a LayerNorm on the embedding (He & Hofmann's norm-free SAS-P)
 
     def __post_init__(self):
         def need(ok, message):
@@ -138,6 +139,10 @@ PRESETS = {
     # (attention, MLP, final), the best of short runs at the study's size (sec. 15;
     # LLaMA-7B's 0.8/0.2/0.2 stays at the unigram loss here). The paper's plain drop-in:
     # embed_scale=False and every dyt_alpha 0.5 (it too stays at the unigram loss here).
+    # He & Hofmann's norm-free SAS-P as their code runs it: no norm in the blocks, a LayerNorm on
+    # the first block's input (the embedding) and one before the readout
+    'sas-p-nonorm': dict(_PRELN, block='sas-p', attn='shaped', norm='none', act='relu', init='sas',
+                         embed_norm=True),
     'preln-dyt': dict(_PRELN, norm='dyt', embed_scale=True, dyt_alpha_attn=1.0, dyt_alpha_mlp=1.0,
                       dyt_alpha_final=0.5),
 }
@@ -366,6 +371,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.embed_scale = (nn.Parameter(torch.tensor(math.sqrt(config.n_embd)))
                             if config.embed_scale else None)
+        self.ln_e = make_norm('layernorm', config, None) if config.embed_norm else None
         with torch.no_grad():
             std = math.sqrt(embedding_variance(config))
             for emb in (self.wte, self.wpe):
@@ -388,6 +394,8 @@ class GPT(nn.Module):
             x = x + self.wpe(torch.arange(T, device=idx.device))
         if self.embed_scale is not None:
             x = self.embed_scale * x
+        if self.ln_e is not None:
+            x = self.ln_e(x)
         return F.dropout(x, self.config.dropout, self.training)
 
     def forward(self, idx, targets=None):
@@ -513,6 +521,7 @@ def predictor_args(config):
         gains = (1.0, 1.0) + gains[2:]
     parts = 2 if config.pos == 'learned' else 1   # token (+ position)
     embed_var = parts * embedding_variance(config) * (d if config.embed_scale else 1)
+    embed_var = 1.0 if config.embed_norm else embed_var   # distinct tokens: q = 1 after the norm
     return dict(n_layer=L, attn=config.attn, alpha=skip, beta=branch, norm=config.norm,
                 act=config.act, slope=tat_target(config)[0], gains=gains, embed_var=embed_var,
                 gamma_L=config.gamma_L, rho_L=config.rho_L, q_correct=config.q_correct,

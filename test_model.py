@@ -139,7 +139,7 @@ def _measured_vs_predicted(name, **kw):
 
 @pytest.mark.parametrize('name', ['vskipinit', 'uspa', 'espa', 'softmax-skip', 'vskipinit-skip',
                                   'uspa-skip', 'espa-skip', 'preln', 'preln-espa', 'shaped', 'sas',
-                                  'sas-p', 'prermsnorm-relu', 'preln-dyt'])
+                                  'sas-p', 'prermsnorm-relu', 'preln-dyt', 'sas-p-nonorm'])
 def test_kernel_of_a_wide_model_matches_the_prediction(name):
     """Tolerance: at width d the kernel maps have O(L/d) corrections (about 0.05 here; they shrink
     about 4x at width 1024). Mean correlations must agree to 0.08 at every layer, the mean q value
@@ -277,7 +277,7 @@ def test_optimizer_groups_go_by_role_not_by_ndim():
 def _rms_norm(x, weight):   # torch.nn.RMSNorm's definition, eps 1e-8 inside the square root
     return x / (x.pow(2).mean(-1, keepdim=True) + 1e-8).sqrt() * weight
 
-@pytest.mark.parametrize('name', ['sas', 'sas-p'])
+@pytest.mark.parametrize('name', ['sas', 'sas-p', 'sas-p-nonorm'])
 @pytest.mark.parametrize('T', [1, 20])
 def test_sas_blocks_equal_an_explicit_float64_computation(name, T):
     """sas: x' = beta_SA Attn(N1(x)), out = x' + beta_FF MLP(N2(x')); sas-p: out = beta_SA
@@ -290,7 +290,7 @@ def test_sas_blocks_equal_an_explicit_float64_computation(name, T):
     mlp = lambda b, t: torch.relu(t @ b.mlp.c_fc.weight.T) @ b.mlp.c_proj.weight.T
     for block in gpt.h:
         x = torch.randn(2, T, 32, dtype=torch.float64, requires_grad=True)
-        h = _rms_norm(x, block.ln_1.weight)
+        h = x if name == 'sas-p-nonorm' else _rms_norm(x, block.ln_1.weight)
         attended = block.beta_attn * _reference_attention(block.attn, h)
         if name == 'sas':
             ref = attended + block.beta_mlp * mlp(block, _rms_norm(attended, block.ln_2.weight))
@@ -373,6 +373,18 @@ def test_family_inits_survive_construction_and_state_dict_round_trip(name):
     _check_family_init(clone, cfg)
     idx = torch.randint(0, 256, (2, 16))
     torch.testing.assert_close(clone(idx)[0], gpt(idx)[0], atol=0, rtol=0)
+
+def test_sas_p_nonorm_has_layernorms_only_on_the_embedding_and_before_the_readout():
+    """He & Hofmann's norm-free SAS-P: no norm in any block; the first block reads a normalised
+    embedding (q = 1 per token), the readout a normalised last state."""
+    gpt = GPT(config_for('sas-p-nonorm', n_layer=3, n_embd=64, block_size=16))
+    norms = [n for n, m in gpt.named_modules()
+             if isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm, DyT))]
+    assert norms == ['ln_f', 'ln_e']
+    x = gpt.embed(torch.randint(0, 256, (2, 16)))
+    # every token at variance v / (v + eps) across channels: 0.988 for GPT-2's v = 2 * 0.02^2
+    var = x.var(-1, unbiased=False)
+    assert ((var > 0.97) & (var < 1.0)).all(), var
 
 def test_preln_dyt_departures_are_overrides_away_from_the_plain_drop_in():
     """embed_scale=False and alpha_0 = 0.5 everywhere: the paper's DyT in GPT-2's Pre-LN."""

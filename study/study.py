@@ -62,7 +62,7 @@ STUDY = ['preln', 'preln-espa', 'vanilla', 'vskipinit', 'uspa', 'espa', 'softmax
 VANILLA = ['vskipinit', 'uspa', 'espa']
 SCALE2 = ['preln', 'preln-espa', 'espa', 'espa-skip', 'softmax-skip']
 MUON = ['preln', 'preln-espa', 'vskipinit', 'uspa', 'espa', 'espa-skip']
-FAMILY = ['shaped', 'sas', 'sas-p', 'prermsnorm-relu', 'preln-dyt']   # the paper's successors
+FAMILY = ['shaped', 'sas', 'sas-p', 'sas-p-nonorm', 'prermsnorm-relu', 'preln-dyt']   # successors
 FAMILY_BASES = ['preln', 'preln-espa', 'prermsnorm-relu']   # prermsnorm-relu: SAS's own control
 DYT_PLAIN = ['--embed_scale=False', '--dyt_alpha_attn=0.5', '--dyt_alpha_mlp=0.5',
              '--dyt_alpha_final=0.5']   # DyT as the paper's drop-in: every LayerNorm, alpha_0 0.5
