@@ -1,5 +1,6 @@
-# Paper-scale model and optimizer, on GPUs, for any preset (default espa; --model=NAME). Our choices (README "Multi-GPU and paper scale"): the
-# paper's hyper-parameters are not available to this project. Pair it with a dataset file:
+# Paper-scale model and optimizer, on GPUs, for any preset (default espa; --model=NAME). Our
+# choices (README "Multi-GPU and paper scale"): the paper's hyper-parameters are not available to
+# this project. Pair it with a dataset file:
 #   torchrun --standalone --nproc_per_node=8 train.py config/paper.py config/wikitext103.py
 #   torchrun --standalone --nproc_per_node=8 train.py config/paper.py config/c4.py --model=preln
 #   ... --n_layer=72 for the depth study
@@ -9,8 +10,9 @@ n_head = 12
 block_size = 512
 batch_size = 16                    # per GPU micro-batch
 gradient_accumulation_steps = 8    # over all GPUs: 16 * 512 * 8 = 65,536 tokens per step
-optimizer = 'adamw'                # the paper's Adam (the vanilla presets' default is Muon: README, MATH.md sec. 10.1)
-learning_rate = 1e-3               # embedding and readout; vanilla presets train the blocks at 1e-3 / n_layer
+optimizer = 'adamw'                # Adam-family as the paper's (vanilla presets default to Muon:
+                                   # MATH.md sec. 10.1); decay, betas and lr / L are ours
+learning_rate = 1e-3               # embedding and readout; vanilla presets: blocks at 1e-3 / L
 warmup_iters = 2000                # MATH.md sec. 10: vanilla models need the warmup as well as lr / L
 min_lr = 1e-4
 weight_decay = 0.1
