@@ -109,6 +109,10 @@ def test_rates_json_is_what_the_committed_results_pick(empty_out):
     res, committed = study.results(), study.rates()
     assert {m: study.pick_rate(res, m) for m in study.STUDY + study.FAMILY} == committed['adamw']
     assert {m: study.pick_rate(res, m, 'muon') for m in study.MUON} == committed['muon']
+    assert {m: study.pick_rate(res, m, 'muon-rms') for m in study.MUON_BOTH} == \
+        committed['muon-rms']
+    # sas-p-nonorm's best sweep rate, 3e-3, diverged in seed 3: the rule moved it down too
+    assert committed['adamw']['sas-p-nonorm'] == '1e-3'
     # espa-skip's best sweep rate, 1e-2, diverged in seeds 2 and 3: the rule moved it down
     sweep = study.sweep_table(res, 'sweep', ['espa-skip'])['espa-skip']
     assert sweep['1e-2'] < sweep['3e-3'] and sweep['3e-2'] == 'diverged'
