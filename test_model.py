@@ -224,20 +224,25 @@ def _check_spa_init(model, cfg):
                 assert gain.shape == (cfg.n_head,) and (gain == 1).all()
     assert torch.count_nonzero(model.lm_head.weight) == 0
 
-@pytest.mark.parametrize('name', ['espa', 'uspa', 'vskipinit', 'vanilla', 'espa-skip', 'shaped'])
-def test_special_inits_survive_construction_and_state_dict_round_trip(name):
-    cfg = config_for(name, n_layer=4, n_embd=32, block_size=16, bias=True)
+def _built_and_reloaded(cfg, check):
+    """A model as built, and another (other seed) loaded from its state_dict, both checked."""
     torch.manual_seed(0)
     model = GPT(cfg)
-    _check_spa_init(model, cfg)
-    biases = [p for n, p in model.named_parameters() if n.endswith('.bias')]
-    assert biases and all(torch.count_nonzero(p) == 0 for p in biases)
+    check(model, cfg)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     torch.manual_seed(123)
     clone = GPT(cfg)
     clone.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
-    _check_spa_init(clone, cfg)
+    check(clone, cfg)
+    return model, clone
+
+@pytest.mark.parametrize('name', ['espa', 'uspa', 'vskipinit', 'vanilla', 'espa-skip', 'shaped'])
+def test_special_inits_survive_construction_and_state_dict_round_trip(name):
+    cfg = config_for(name, n_layer=4, n_embd=32, block_size=16, bias=True)
+    model, clone = _built_and_reloaded(cfg, _check_spa_init)
+    biases = [p for n, p in model.named_parameters() if n.endswith('.bias')]
+    assert biases and all(torch.count_nonzero(p) == 0 for p in biases)
     idx = torch.randint(0, 256, (2, 16))
     torch.testing.assert_close(clone.hidden_states(idx)[-1], model.hidden_states(idx)[-1], atol=0,
                                rtol=0)
@@ -362,15 +367,7 @@ def _check_family_init(model, cfg):
 @pytest.mark.parametrize('name', ['sas', 'sas-p', 'prermsnorm-relu', 'preln-dyt'])
 def test_family_inits_survive_construction_and_state_dict_round_trip(name):
     cfg = config_for(name, n_layer=3, n_embd=64, block_size=16, bias=True)
-    torch.manual_seed(0)
-    gpt = GPT(cfg)
-    _check_family_init(gpt, cfg)
-    buf = io.BytesIO()
-    torch.save(gpt.state_dict(), buf)
-    torch.manual_seed(123)
-    clone = GPT(cfg)
-    clone.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
-    _check_family_init(clone, cfg)
+    gpt, clone = _built_and_reloaded(cfg, _check_family_init)
     idx = torch.randint(0, 256, (2, 16))
     torch.testing.assert_close(clone(idx)[0], gpt(idx)[0], atol=0, rtol=0)
 

@@ -559,6 +559,13 @@ def write_tables(dest):
     print(f"wrote {os.path.join(dest, 'study.json')}, study_tables.md, study_curves.json and the "
           "plots beside them")
 
+def sweep_list(sweep, chosen=None):
+    """'- model: lr: loss, ... -> chosen rate' per model of a sweep table."""
+    num = lambda v: v if isinstance(v, str) else f"{v:.3f}"
+    return [f"- {m}: " + ', '.join(f"{lr}: {num(v)}" for lr, v in
+                                   sorted(row.items(), key=lambda kv: float(kv[0])))
+            + (f" -> {chosen.get(m)}" if chosen is not None else '') for m, row in sweep.items()]
+
 def markdown(out):
     """The README's tables, written from study.json (so that no number is copied by hand)."""
     grid = [lr for lr in GRID if any(lr in row for row in out['sweep'].values())]
@@ -594,10 +601,7 @@ def markdown(out):
     lines += seed_table('long (3000 steps) against the 1000-step baselines', out['long'], both)
     lines += seed_table('scale 2 (2000 steps)', out['scale2'], both)
     lines += ['', '## muon sweep (muon_lr)', '']
-    for m, row in out['muon_sweep'].items():
-        lines.append(f"- {m}: " + ', '.join(f"{lr}: {num(v)}" for lr, v in
-                                            sorted(row.items(), key=lambda kv: float(kv[0])))
-                     + f" -> {out['muon_chosen_lr'][m]}")
+    lines += sweep_list(out['muon_sweep'], out['muon_chosen_lr'])
     lines += seed_table('muon (1000 steps)', out['muon'], both)
     lines += seed_table('long with muon (3000 steps) against the 1000-step muon baselines',
                         out['long_muon'], both)
@@ -613,16 +617,11 @@ def markdown(out):
     lines += seed_table('beyond the paper (1000 steps)', out['beyond'], ['preln'])
     if out.get('family_sweep'):
         lines += ['', '## family sweep (1000 steps, seed 1337)', '']
-        for m, row in out['family_sweep'].items():
-            lines.append(f"- {m}: " + ', '.join(f"{lr}: {num(v)}" for lr, v in
-                                                sorted(row.items(), key=lambda kv: float(kv[0])))
-                         + f" -> {out['family_chosen_lr'].get(m)}")
+        lines += sweep_list(out['family_sweep'], out['family_chosen_lr'])
         lines += seed_table('family (1000 steps)', out['family'], FAMILY_BASES)
     if out.get('muon_rms_sweep'):
         lines += ['', "## muon, adjust_lr_fn='match_rms_adamw' (muon_lr sweep, 1000 steps)", '']
-        for m, row in out['muon_rms_sweep'].items():
-            lines.append(f"- {m}: " + ', '.join(f"{lr}: {num(v)}" for lr, v in
-                                                sorted(row.items(), key=lambda kv: float(kv[0]))))
+        lines += sweep_list(out['muon_rms_sweep'])
         lines += seed_table("muon, match_rms_adamw (1000 steps)", out['muon_rms'], both)
     for L, rows in out.get('depth', {}).items():
         lines += seed_table(f'depth {L} (width 64, 1000 steps, AdamW)', rows, both)
