@@ -220,15 +220,21 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if self.variant in ('softmax', 'vskipinit', 'shaped'):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-            if self.variant != 'softmax':   # per-head gains, (nh, 1, 1)
-                gain = lambda g: g.view(-1, 1, 1).to(v.dtype)
-                y = gain(self.alpha) * v + gain(self.beta) * y   # (B, nh, T, hs)
-            if self.variant == 'shaped':   # - gamma C V, sec. 13: row i is the mean of v_1..v_i,
-                # a cumulative sum (at least float32: in bfloat16 it drifts over long sequences)
-                acc = torch.promote_types(v.dtype, torch.float32)
-                n = torch.arange(1, T + 1, device=v.device, dtype=acc).view(T, 1)
-                scale = (gain(self.gamma).to(acc) / n).to(v.dtype)   # gamma_h / i, (nh, T, 1)
-                y = torch.addcmul(y, v.cumsum(2, dtype=acc).to(v.dtype), scale, value=-1)
+            y = y.transpose(1, 2)   # (B, T, nh, hs)
+            if self.variant != 'softmax':   # alpha V (- gamma C V) + beta P V, per head. The first
+                # two on the values' own (B, T, C) layout: contiguous passes, and the sum's layout
+                # is the output's, so the heads need no copy to sit side by side
+                vc = qkv[2]   # (B, T, C)
+                per_channel = lambda g: g.repeat_interleave(C // self.n_head).to(vc.dtype)  # (C,)
+                z = vc * per_channel(self.alpha)
+                if self.variant == 'shaped':   # C V, sec. 13: row i is the mean of v_1..v_i, a
+                    # cumulative sum (at least float32: in bfloat16 it drifts over long sequences)
+                    acc = torch.promote_types(vc.dtype, torch.float32)
+                    n = torch.arange(1, T + 1, device=vc.device, dtype=acc).view(T, 1)
+                    scale = (per_channel(self.gamma).to(acc) / n).to(vc.dtype)   # gamma / i, (T, C)
+                    z = torch.addcmul(z, vc.cumsum(1, dtype=acc).to(vc.dtype), scale, value=-1)
+                beta = self.beta.view(-1, 1).to(vc.dtype)   # (nh, 1)
+                y = torch.addcmul(z.view(B, T, self.n_head, C // self.n_head), y, beta)
         else:
             # FlexAttention pays off only compiled (eager, it materialises the scores): a compiled
             # model on a GPU gets it, everything else SDPA with log A_l as a float mask
@@ -240,8 +246,8 @@ class Attention(nn.Module):
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(T, q, flex))
             # softmax rows sum to 1 and A_l's to D_l: P_l = A_l / D_l, so A_l = D_l P_l
-            y = y * self.rescale[:T, None].to(q.dtype)   # (B, nh, T, hs) * (T, 1)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)   # (B, T, C): the heads side by side
+            y = (y * self.rescale[:T, None].to(q.dtype)).transpose(1, 2)   # (B, T, nh, hs)
+        y = y.reshape(B, T, C)   # the heads side by side (a copy where the layout needs one)
         return F.dropout(y if self.c_proj is None else self.c_proj(y), dropout, self.training)
 
     def bias(self, i, j):
