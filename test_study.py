@@ -130,7 +130,8 @@ def test_table_rebuilds_the_committed_tables_from_the_committed_curves(empty_out
             assert (dest / name).read_text() == f.read(), name
     assert {p.name for p in dest.glob('*.png')} == {
         'loss_curves.png', 'loss_curves_long.png', 'loss_curves_scale2.png', 'loss_curves_muon.png',
-        'loss_curves_long_muon.png', 'loss_curves_default.png', 'loss_curves_family.png'}
+        'loss_curves_long_muon.png', 'loss_curves_default.png', 'loss_curves_family.png',
+        'loss_vs_depth.png'}
     tables = (dest / 'study_tables.md').read_text()
     assert '| espa-skip (cut off at step 1400 of 2000) | 1 |' in tables
     assert '| softmax-skip (cut off at step 1000 of 2000) | 1 |' in tables

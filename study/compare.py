@@ -204,6 +204,33 @@ def plot_bands(groups, path, title=None):
     return path
 
 
+def plot_vs_depth(series, path, title=None):
+    """Final validation loss against depth, one line per model through the means, a bar from
+    the lowest to the highest seed. series: {name: {depth: (mean, min, max)}}."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, points in series.items():
+        depths = sorted(points)
+        mean = [points[L][0] for L in depths]
+        err = [[points[L][0] - points[L][1] for L in depths],
+               [points[L][2] - points[L][0] for L in depths]]
+        ax.errorbar(depths, mean, yerr=err, marker='o', capsize=3, label=name)
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(sorted({L for points in series.values() for L in points}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel('depth (blocks)'), ax.set_ylabel('final validation loss (nats/token)')
+    ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def unigram_loss(tokens, vocab_size, eval_tokens=None):
     """Cross-entropy of the best context-free model (token frequencies of `tokens`, add-one
     smoothed when scored on other `eval_tokens`): the level a rank-collapsed model sits at."""

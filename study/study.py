@@ -60,14 +60,14 @@ SEEDS = [1337, 2, 3]              # 1337 is train.py's default: the sweep's runs
 STUDY = ['preln', 'preln-espa', 'vanilla', 'vskipinit', 'uspa', 'espa', 'softmax-skip',
          'vskipinit-skip', 'uspa-skip', 'espa-skip']   # postln is swept only: no use at depth 24
 VANILLA = ['vskipinit', 'uspa', 'espa']
-SCALE2 = ['preln', 'preln-espa', 'espa', 'espa-skip', 'softmax-skip']
-MUON = ['preln', 'preln-espa', 'vskipinit', 'uspa', 'espa', 'espa-skip']
+BEST_NEW = 'sas-p'                      # the family's best under AdamW (RESULTS.md "family")
+SCALE2 = ['preln', 'preln-espa', 'espa', 'espa-skip', 'softmax-skip', BEST_NEW]
+MUON = ['preln', 'preln-espa', 'vskipinit', 'uspa', 'espa', 'espa-skip', BEST_NEW]
 FAMILY = ['shaped', 'sas', 'sas-p', 'sas-p-nonorm', 'prermsnorm-relu', 'preln-dyt']   # successors
 FAMILY_BASES = ['preln', 'preln-espa', 'prermsnorm-relu']   # prermsnorm-relu: SAS's own control
 DYT_PLAIN = ['--embed_scale=False', '--dyt_alpha_attn=0.5', '--dyt_alpha_mlp=0.5',
              '--dyt_alpha_final=0.5']   # DyT as the paper's drop-in: every LayerNorm, alpha_0 0.5
 DYT_ALPHA = ['0.25', '0.5', '2', '4']   # x preln-dyt's alpha_0 at every site (x1: the family's)
-BEST_NEW = 'sas-p'                      # the family's best under AdamW (RESULTS.md "family")
 MUON_BOTH = ['preln', 'preln-espa', 'espa', BEST_NEW]   # Muon, both lr parametrisations
 DEPTHS = {12: [1337], 48: [1337], 96: SEEDS}   # depth: seeds (width 64, 1000 steps, AdamW)
 TRAIN_PY_LR = '3e-3'              # train.py's default learning_rate, for the `default` stage
@@ -457,9 +457,10 @@ def tables(res):
                                                    for b in ('preln', 'preln-espa')})
     plots.append((s2_groups, 'loss_curves_scale2.png',
                   'depth 36, width 128, T 128, 2,000 steps, one seed'))
-    out['muon_sweep'] = sweep_table(res, 'muon', MUON, 'muon')
-    out['muon_chosen_lr'] = {m: chosen['muon'][m] for m in MUON}
-    muon = {m: seed_runs(m, 'muon') for m in MUON}
+    out['muon_sweep'] = {m: row for m, row in sweep_table(res, 'muon', MUON, 'muon').items()
+                         if row}
+    out['muon_chosen_lr'] = {m: chosen['muon'].get(m) for m in MUON}
+    muon = {m: seed_runs(m, 'muon') for m in MUON if m in chosen['muon']}
     muon_bases = {b: done_curves(res, muon[b]) for b in ('preln', 'preln-espa')}
     out['muon'], muon_groups = seed_rows(res, muon, muon_bases)
     plots.append(({**{f'{m} muon': g for m, g in muon_groups.items()},
@@ -500,6 +501,13 @@ def successor_tables(res, out):
         rows, _ = seed_rows(res, runs, bases) if runs else ([], {})
         if rows:
             out['depth'][str(L)] = rows
+    out['depth_rates'] = {}   # at 96, seed 1337: the depth-24 rate and the rates either side
+    for m in MUON_BOTH:
+        row = {r['lr']: final_loss(res, r) if status(res, r) == 'done' else 'diverged'
+               for r in depth_runs([m]) if '_L96_' in r['name'] and r['seed'] == 1337
+               and status(res, r) in ('done', 'diverged')}
+        if row:
+            out['depth_rates'][m] = row
 
 def family_tables(res, out, plots, main, groups):
     """The successors next to Pre-LN, the Pre-LN + bias control and SAS's control."""
@@ -555,9 +563,25 @@ def write_tables(dest):
     for groups, name, title in plots:
         if groups:
             compare.plot_bands(groups, os.path.join(dest, name), title)
+    if out.get('depth'):
+        compare.plot_vs_depth(depth_series(out), os.path.join(dest, 'loss_vs_depth.png'),
+                              'width 64, T 64, 1,000 steps, AdamW at the depth-24 rate; '
+                              'bars: min..max over seeds')
     compare.plot_kernels(study_configs(), os.path.join(dest, 'kernels_at_init.png'))
     print(f"wrote {os.path.join(dest, 'study.json')}, study_tables.md, study_curves.json and the "
           "plots beside them")
+
+def depth_series(out):
+    """{model: {depth: (mean, min, max) final loss}} of the depth stage's models, depth 24 from
+    the main study and the family table."""
+    at24 = {r['run']: r for r in out['study'] + out.get('family', [])}
+    series = {}
+    for m in MUON_BOTH:
+        rows = {24: at24.get(m), **{int(L): next((r for r in rows if r['run'] == m), None)
+                                    for L, rows in out['depth'].items()}}
+        series[m] = {L: (r['final_mean'], r['final_min'], r['final_max'])
+                     for L, r in sorted(rows.items()) if r}
+    return series
 
 def sweep_list(sweep, chosen=None):
     """'- model: lr: loss, ... -> chosen rate' per model of a sweep table."""
@@ -625,6 +649,9 @@ def markdown(out):
         lines += seed_table("muon, match_rms_adamw (1000 steps)", out['muon_rms'], both)
     for L, rows in out.get('depth', {}).items():
         lines += seed_table(f'depth {L} (width 64, 1000 steps, AdamW)', rows, both)
+    if out.get('depth_rates'):
+        lines += ['', '## depth 96: the depth-24 rate and the rates either side (seed 1337)', '']
+        lines += sweep_list(out['depth_rates'])
     if out.get('dyt_alpha'):
         lines += ['', "## preln-dyt's alpha_0 (1000 steps, seed 1337, x: at every site)", '']
         lines += [f"- {k}: {num(v)}" for k, v in out['dyt_alpha'].items()]
