@@ -79,14 +79,15 @@ def test_dry_run_of_every_stage_prints_the_commands_with_the_rates_of_rates_json
         if stage == 'muon-rms':   # the other lr parametrisation, on every cell
             assert {c['--model'] for c in cmds} == set(study.MUON_BOTH)
             assert all(c['--muon_adjust_lr'] == 'match_rms_adamw' for c in cmds)
-        if stage == 'depth':   # 1 seed at 12 and 48; at 96 three seeds and both neighbours
-            at = lambda m, L: [(c['--learning_rate'], c['--seed']) for c in cmds
+        if stage == 'depth':   # 1 seed at 12 and 48; at 96 the rate and both neighbours,
+            at = lambda m, L: [(c['--learning_rate'], c['--seed']) for c in cmds   # then seeds
                                if c['--model'] == m and c['--n_layer'] == str(L)]
-            lr = adamw['espa']
+            lr, best = adamw['espa'], study.depth_rate(study.results(), 'espa')
             assert at('espa', 12) == at('espa', 48) == [(lr, '1337')]
-            assert sorted(s for x, s in at('espa', 96) if x == lr) == ['1337', '2', '3']
-            others = sorted(float(x) for x, s in at('espa', 96) if x != lr)
-            assert len(others) == 2 and others[0] < float(lr) < others[1]
+            swept = sorted(float(x) for x, s in at('espa', 96) if s == '1337')
+            assert len(swept) == 3 and swept[0] < float(lr) < swept[2]
+            assert sorted(s for x, s in at('espa', 96) if s != '1337') == ['2', '3']
+            assert {x for x, s in at('espa', 96) if s != '1337'} == {best}
         if stage == 'dyt-alpha':   # preln-dyt's rate, every site scaled, and the drop-in
             assert all(c['--learning_rate'] == adamw['preln-dyt'] for c in cmds)
             assert len(cmds) == len(study.DYT_ALPHA) + 1

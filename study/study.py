@@ -17,7 +17,7 @@ stage: each run is claimed with mkdir before it starts.
     python study/study.py family      # shaped, SAS, SAS-P, DyT and SAS's control: sweep, 3 seeds
     python study/study.py dyt-alpha   # DyT's alpha_0 (x0.25..x4 at every site), and the drop-in
     python study/study.py muon-rms    # Muon with adjust_lr_fn='match_rms_adamw': sweep, 3 seeds
-    python study/study.py depth       # depths 12, 48 (1 seed) and 96 (3 seeds, lr neighbours)
+    python study/study.py depth       # depths 12, 48 (1 seed); 96: lr swept until interior, 3 seeds
     python study/study.py table       # study.json, study_tables.md and the plots, from the results
     python study/study.py restore     # rebuild out/study/ from study/study_curves.json
     ... --jobs=1 | --dry_run (print the train.py commands) | --variants=espa,preln | --results=DIR
@@ -369,20 +369,33 @@ def dyt_runs():
             for x in DYT_ALPHA]
     return runs + [run('dyt-alpha', 'preln-dyt', lr, extra=DYT_PLAIN, label='drop-in')]
 
-def depth_runs(models):
-    """Each model at every depth of DEPTHS at its depth-24 rate, and at 96 also the rates either
-    side (is the depth-24 rate still interior?). The family's depth-dependent settings stay the
-    presets' (SAS's beta_FF = 0.1 at every depth, as He & Hofmann keep it from 18 to 72)."""
-    runs = []
+def depth_run(model, L, lr, seed):
+    return run('depth', model, lr, seed, extra=[f'--n_layer={L}'],
+               label=f'{model}_L{L}_lr{lr}_s{seed}')
+
+def depth_rate(res, model, L=96):
+    """The best rate of seed 1337 at depth L among those run (the depth-24 rate before any)."""
+    runs = [r for r in (depth_run(model, L, x, 1337) for x in GRID)
+            if status(res, r) in ('done', 'diverged')]
+    return min(runs, key=lambda r: final_loss(res, r))['lr'] if runs else rates()['adamw'][model]
+
+def depth(models, jobs, dry_run):
+    """Depths 12 and 48 at each model's depth-24 rate, one seed. At 96 the rate is swept as at
+    24: from the depth-24 rate and either side (seed 1337) until interior, then seeds 2 and 3 at
+    the best. The family's depth-dependent settings stay the presets' (SAS's beta_FF = 0.1 at
+    every depth, as He & Hofmann keep it from 18 to 72)."""
+    execute([depth_run(m, L, rates()['adamw'][m], s) for m in models
+             for L, seeds in DEPTHS.items() if L != 96 for s in seeds], jobs, dry_run)
+    if 96 not in DEPTHS:
+        return
     for m in models:
         lr = rates()['adamw'][m]
-        either_side = [x for x in GRID if float(x) < float(lr)][-1:] + \
+        start = [x for x in GRID if float(x) < float(lr)][-1:] + [lr] + \
             [x for x in GRID if float(x) > float(lr)][:1]
-        for L, seeds in DEPTHS.items():
-            lrs = [lr] + (either_side if L == 96 else [])
-            runs += [run('depth', m, x, s, extra=[f'--n_layer={L}'], label=f'{m}_L{L}_lr{x}_s{s}')
-                     for x in lrs for s in (seeds if x == lr else [1337])]
-    return runs
+        lr_sweep([m], start, lambda m, x: depth_run(m, 96, x, 1337), jobs, dry_run)
+    res = results()
+    execute([depth_run(m, 96, depth_rate(res, m), s) for m in models for s in SEEDS[1:]], jobs,
+            dry_run)
 
 def default_runs():
     """`python train.py` as a newcomer runs it (E-SPA with Muon, MATH.md sec. 10.1) at four Muon
@@ -493,21 +506,22 @@ def successor_tables(res, out):
     out['muon_rms'], _ = seed_rows(res, runs, {b: done_curves(res, runs[b])
                                                for b in ('preln', 'preln-espa') if b in runs})
     out['depth'] = {}
-    for L, seeds in DEPTHS.items():
-        runs = {m: [r for r in depth_runs([m]) if f'_L{L}_lr{rates()["adamw"][m]}_' in r['name']]
-                for m in MUON_BOTH}
+    for L, seeds in DEPTHS.items():   # at the depth-24 rate, at 96 at the rate picked there
+        runs = {m: [depth_run(m, L, depth_rate(res, m) if L == 96 else rates()['adamw'][m], s)
+                    for s in seeds] for m in MUON_BOTH}
         runs = {m: rs for m, rs in runs.items() if any(status(res, r) for r in rs)}
         bases = {b: done_curves(res, runs[b]) for b in ('preln', 'preln-espa') if b in runs}
         rows, _ = seed_rows(res, runs, bases) if runs else ([], {})
         if rows:
             out['depth'][str(L)] = rows
-    out['depth_rates'] = {}   # at 96, seed 1337: the depth-24 rate and the rates either side
+    out['depth_rates'] = {}   # at 96, seed 1337: every rate run, and the one picked
     for m in MUON_BOTH:
         row = {r['lr']: final_loss(res, r) if status(res, r) == 'done' else 'diverged'
-               for r in depth_runs([m]) if '_L96_' in r['name'] and r['seed'] == 1337
-               and status(res, r) in ('done', 'diverged')}
+               for r in (depth_run(m, 96, x, 1337) for x in GRID)
+               if status(res, r) in ('done', 'diverged')}
         if row:
             out['depth_rates'][m] = row
+    out['depth_chosen_lr'] = {m: depth_rate(res, m) for m in out['depth_rates']}
 
 def family_tables(res, out, plots, main, groups):
     """The successors next to Pre-LN, the Pre-LN + bias control and SAS's control."""
@@ -650,8 +664,8 @@ def markdown(out):
     for L, rows in out.get('depth', {}).items():
         lines += seed_table(f'depth {L} (width 64, 1000 steps, AdamW)', rows, both)
     if out.get('depth_rates'):
-        lines += ['', '## depth 96: the depth-24 rate and the rates either side (seed 1337)', '']
-        lines += sweep_list(out['depth_rates'])
+        lines += ['', '## depth 96: the rate swept from the depth-24 one (seed 1337)', '']
+        lines += sweep_list(out['depth_rates'], out['depth_chosen_lr'])
     if out.get('dyt_alpha'):
         lines += ['', "## preln-dyt's alpha_0 (1000 steps, seed 1337, x: at every site)", '']
         lines += [f"- {k}: {num(v)}" for k, v in out['dyt_alpha'].items()]
@@ -694,7 +708,7 @@ def run_stage(stage, pick, jobs, dry_run):
         sweep_and_seeds(pick(MUON_BOTH), 'muon-rms', ['3e-3', '1e-2', '3e-2'], 'muon-rms', jobs,
                         dry_run)
     elif stage == 'depth':
-        execute(depth_runs(pick(MUON_BOTH)), jobs, dry_run)
+        depth(pick(MUON_BOTH), jobs, dry_run)
     elif stage == 'dyt-alpha':
         if 'preln-dyt' not in rates()['adamw']:
             print("# dyt-alpha runs at preln-dyt's chosen rate, which the family stage picks: "
