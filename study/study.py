@@ -579,7 +579,7 @@ def write_tables(dest):
             compare.plot_bands(groups, os.path.join(dest, name), title)
     if out.get('depth'):
         compare.plot_vs_depth(depth_series(out), os.path.join(dest, 'loss_vs_depth.png'),
-                              'width 64, T 64, 1,000 steps, AdamW at the depth-24 rate; '
+                              'width 64, T 64, 1,000 steps, AdamW (at 96 the rate swept there); '
                               'bars: min..max over seeds')
     compare.plot_kernels(study_configs(), os.path.join(dest, 'kernels_at_init.png'))
     print(f"wrote {os.path.join(dest, 'study.json')}, study_tables.md, study_curves.json and the "
