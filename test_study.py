@@ -77,7 +77,7 @@ def test_dry_run_of_every_stage_prints_the_commands_with_the_rates_of_rates_json
             assert {c['--learning_rate'] for c in cmds if c['--seed'] == '1337'} == \
                 {'1e-3', '3e-3', '1e-2'}
         if stage == 'muon-rms':   # the other lr parametrisation, on every cell
-            assert {c['--model'] for c in cmds} == set(study.MUON_BOTH)
+            assert {c['--model'] for c in cmds} == set(study.MUON_RMS)
             assert all(c['--muon_adjust_lr'] == 'match_rms_adamw' for c in cmds)
         if stage == 'depth':   # 1 seed at 12 and 48; at 96 the rate and both neighbours,
             at = lambda m, L: [(c['--learning_rate'], c['--seed']) for c in cmds   # then seeds
@@ -110,7 +110,7 @@ def test_rates_json_is_what_the_committed_results_pick(empty_out):
     res, committed = study.results(), study.rates()
     assert {m: study.pick_rate(res, m) for m in study.STUDY + study.FAMILY} == committed['adamw']
     assert {m: study.pick_rate(res, m, 'muon') for m in study.MUON} == committed['muon']
-    assert {m: study.pick_rate(res, m, 'muon-rms') for m in study.MUON_BOTH} == \
+    assert {m: study.pick_rate(res, m, 'muon-rms') for m in study.MUON_RMS} == \
         committed['muon-rms']
     # sas-p-nonorm's best sweep rate, 3e-3, diverged in seed 3: the rule moved it down too
     assert committed['adamw']['sas-p-nonorm'] == '1e-3'

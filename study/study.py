@@ -61,14 +61,16 @@ STUDY = ['preln', 'preln-espa', 'vanilla', 'vskipinit', 'uspa', 'espa', 'softmax
          'vskipinit-skip', 'uspa-skip', 'espa-skip']   # postln is swept only: no use at depth 24
 VANILLA = ['vskipinit', 'uspa', 'espa']
 BEST_NEW = 'sas-p'                      # the family's best under AdamW (RESULTS.md "family")
+SECOND_NEW = 'sas'                      # and the second best: with Muon, both ways, too
 SCALE2 = ['preln', 'preln-espa', 'espa', 'espa-skip', 'softmax-skip', BEST_NEW]
-MUON = ['preln', 'preln-espa', 'vskipinit', 'uspa', 'espa', 'espa-skip', BEST_NEW]
+MUON = ['preln', 'preln-espa', 'vskipinit', 'uspa', 'espa', 'espa-skip', BEST_NEW, SECOND_NEW]
 FAMILY = ['shaped', 'sas', 'sas-p', 'sas-p-nonorm', 'prermsnorm-relu', 'preln-dyt']   # successors
 FAMILY_BASES = ['preln', 'preln-espa', 'prermsnorm-relu']   # prermsnorm-relu: SAS's own control
 DYT_PLAIN = ['--embed_scale=False', '--dyt_alpha_attn=0.5', '--dyt_alpha_mlp=0.5',
              '--dyt_alpha_final=0.5']   # DyT as the paper's drop-in: every LayerNorm, alpha_0 0.5
 DYT_ALPHA = ['0.25', '0.5', '2', '4']   # x preln-dyt's alpha_0 at every site (x1: the family's)
-MUON_BOTH = ['preln', 'preln-espa', 'espa', BEST_NEW]   # Muon, both lr parametrisations
+MUON_BOTH = ['preln', 'preln-espa', 'espa', BEST_NEW]   # Muon both ways, and the depths
+MUON_RMS = MUON_BOTH + [SECOND_NEW]   # Muon's other lr parametrisation
 DEPTHS = {12: [1337], 48: [1337], 96: SEEDS}   # depth: seeds (width 64, 1000 steps, AdamW)
 TRAIN_PY_LR = '3e-3'              # train.py's default learning_rate, for the `default` stage
 
@@ -500,7 +502,7 @@ def tables(res):
 def successor_tables(res, out):
     """Muon with adjust_lr_fn='match_rms_adamw', and the gaps at other depths (empty until run)."""
     chosen = rates().get('muon-rms', {})
-    sweep = sweep_table(res, 'muon-rms', MUON_BOTH, 'muon-rms')
+    sweep = sweep_table(res, 'muon-rms', MUON_RMS, 'muon-rms')
     out['muon_rms_sweep'] = {m: row for m, row in sweep.items() if row}
     runs = {m: seed_runs(m, 'muon-rms') for m in out['muon_rms_sweep'] if m in chosen}
     out['muon_rms'], _ = seed_rows(res, runs, {b: done_curves(res, runs[b])
@@ -705,7 +707,7 @@ def run_stage(stage, pick, jobs, dry_run):
     elif stage == 'family':
         sweep_and_seeds(pick(FAMILY), 'family', ['1e-3', '3e-3', '1e-2'], 'adamw', jobs, dry_run)
     elif stage == 'muon-rms':
-        sweep_and_seeds(pick(MUON_BOTH), 'muon-rms', ['3e-3', '1e-2', '3e-2'], 'muon-rms', jobs,
+        sweep_and_seeds(pick(MUON_RMS), 'muon-rms', ['3e-3', '1e-2', '3e-2'], 'muon-rms', jobs,
                         dry_run)
     elif stage == 'depth':
         depth(pick(MUON_BOTH), jobs, dry_run)
