@@ -190,18 +190,11 @@ def plot_bands(groups, path, title=None):
         if len(seeds) > 1:
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     ax.set_xlabel('step'), ax.set_ylabel('validation loss (nats/token)')
-    ax.grid(alpha=0.3), ax.legend(fontsize=7)
     later = [v for seeds in groups.values() for e in seeds.values() for it, v, _ in e[1:]
              if math.isfinite(v)]
     if later:   # step 0 is the same for every run: zoom on the rest
         ax.set_ylim(min(later) - 0.05, max(later) + 0.05)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path, title, legend_size=7)
 
 
 def plot_vs_depth(series, path, title=None):
@@ -221,7 +214,13 @@ def plot_vs_depth(series, path, title=None):
     ax.set_xticks(sorted({L for points in series.values() for L in points}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel('depth (blocks)'), ax.set_ylabel('final validation loss (nats/token)')
-    ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    return save(fig, ax, path, title, legend_size=8)
+
+
+def save(fig, ax, path, title, legend_size):
+    """Grid, legend and title, then the figure to path (its folder made), closed."""
+    import matplotlib.pyplot as plt
+    ax.grid(alpha=0.3), ax.legend(fontsize=legend_size)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
