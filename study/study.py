@@ -289,9 +289,10 @@ def choose_rates(models, optimizer):
     return chosen[optimizer] != before
 
 def lr_sweep(models, start, make, jobs, dry_run):
-    """Run `start` for every model; then, while a model's best rate sits at the edge of what was
-    run, add the next half-decade on that side (GRID bounds it)."""
-    grids = {m: list(start) for m in models}
+    """Run `start` (a list of rates, or one list per model) for every model, all at once; then,
+    while a model's best rate sits at the edge of what was run, add the next half-decade on that
+    side (GRID bounds it)."""
+    grids = {m: list(start[m] if isinstance(start, dict) else start) for m in models}
     while True:
         runs = {m: [make(m, lr) for lr in grids[m]] for m in models}
         execute([r for m in models for r in runs[m]], jobs, dry_run)
@@ -390,11 +391,10 @@ def depth(models, jobs, dry_run):
              for L, seeds in DEPTHS.items() if L != 96 for s in seeds], jobs, dry_run)
     if 96 not in DEPTHS:
         return
-    for m in models:
-        lr = rates()['adamw'][m]
-        start = [x for x in GRID if float(x) < float(lr)][-1:] + [lr] + \
-            [x for x in GRID if float(x) > float(lr)][:1]
-        lr_sweep([m], start, lambda m, x: depth_run(m, 96, x, 1337), jobs, dry_run)
+    either_side = lambda lr: [x for x in GRID if float(x) < float(lr)][-1:] + [lr] + \
+        [x for x in GRID if float(x) > float(lr)][:1]
+    starts = {m: either_side(rates()['adamw'][m]) for m in models}
+    lr_sweep(models, starts, lambda m, x: depth_run(m, 96, x, 1337), jobs, dry_run)
     res = results()
     execute([depth_run(m, 96, depth_rate(res, m), s) for m in models for s in SEEDS[1:]], jobs,
             dry_run)
