@@ -161,6 +161,80 @@ def config_for(model='espa', **overrides):
     return GPTConfig(**{**PRESETS[model], **{k: v for k, v in overrides.items() if v is not None}})
 
 # -----------------------------------------------------------------------------
+# three fast paths for a CPU in eager mode: the same numbers as torch's ops (test_model holds each
+# to its definition in float64, forward and backward), fewer passes over (B, T, C). On a GPU or
+# under torch.compile torch's own ops run: there they are fast, or inductor fuses them.
+
+eager_cpu = lambda x: x.device.type == 'cpu' and not torch.compiler.is_compiling()
+tokens_sum = lambda u: u.flatten(0, -2).sum(0)   # (..., C) -> (C,): a gain's gradient
+
+def blocked_cumsum(x, reverse=False, k=16):
+    """sum_{j <= i} x_j over the tokens of x (B, T, C) (reverse: j >= i) as a blocked scan: a k x k
+    triangular matmul within each block of k tokens, then the totals of the blocks before (after)
+    added. torch's CPU cumsum over a middle dim is a scalar loop, about 3x slower."""
+    B, T, C = x.shape
+    pad = -T % k
+    if pad:
+        x = F.pad(x, (0, 0, pad, 0) if reverse else (0, 0, 0, pad))   # zeros: they add nothing
+    ones = torch.ones(k, k, dtype=x.dtype, device=x.device)
+    blocks = (ones.triu() if reverse else ones.tril()) @ x.reshape(B, -1, k, C)   # (B, nb, k, C)
+    totals = blocks[:, :, 0 if reverse else -1]   # (B, nb, C): each block's sum
+    running = totals.cumsum(1)
+    blocks += (totals.sum(1, keepdim=True) - running if reverse else running - totals)[:, :, None]
+    out = blocks.view(B, -1, C)
+    return out[:, pad:] if reverse else out[:, :T]
+
+class CumsumTokens(torch.autograd.Function):
+    """x.cumsum(1); its gradient is the reverse cumulative sum of the incoming one."""
+    @staticmethod
+    def forward(ctx, x):
+        return blocked_cumsum(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return blocked_cumsum(g, reverse=True)
+
+# RMSNorm and DyT: torch differentiates RMSNorm through about ten elementwise passes (torch 2.13
+# has no fused CPU kernel for its backward) and DyT through seven, each about as slow as
+# LayerNorm's one fused kernel; their gradients, written out (secs. 14, 15), take four or five.
+
+class RMSNormGrad(torch.autograd.Function):
+    """y = w x_hat, x_hat = r x, r = (mean_c x^2 + eps)^(-1/2). With g_y = g w, per token:
+    dL/dx = r (g_y - x_hat mean_c(g_y x_hat)); dL/dw = the sum over tokens of g x_hat."""
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.size(-1))
+        r = r.add_(eps).rsqrt_()   # (..., 1)
+        x_hat = x * r
+        ctx.save_for_backward(x_hat, weight, r)
+        return x_hat * weight
+
+    @staticmethod
+    def backward(ctx, g):
+        x_hat, weight, r = ctx.saved_tensors
+        g_y = g * weight
+        mean = torch.linalg.vecdot(g_y, x_hat).unsqueeze(-1).div_(x_hat.size(-1))
+        return g_y.addcmul_(x_hat, mean, value=-1).mul_(r), tokens_sum(g * x_hat), None
+
+class DyTGrad(torch.autograd.Function):
+    """y = w tanh(alpha x) + b. With t = tanh(alpha x) and d = g w (1 - t^2): dL/dx = alpha d,
+    dL/dalpha = sum(d x), dL/dw and dL/db the sums over tokens of g t and of g."""
+    @staticmethod
+    def forward(ctx, x, alpha, weight, bias):
+        t = (alpha * x).tanh_()
+        ctx.save_for_backward(x, alpha, weight, t)
+        return t * weight if bias is None else torch.addcmul(bias, t, weight)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, alpha, weight, t = ctx.saved_tensors
+        d = g * weight
+        torch.ops.aten.tanh_backward(d, t, grad_input=d)   # d (1 - t^2), in place
+        grad_alpha = torch.dot(d.reshape(-1), x.reshape(-1))
+        grad_bias = tokens_sum(g) if ctx.needs_input_grad[3] else None
+        return d.mul_(alpha), grad_alpha, tokens_sum(g * t), grad_bias
+
+# -----------------------------------------------------------------------------
 # the modules
 
 class Attention(nn.Module):
@@ -232,7 +306,9 @@ class Attention(nn.Module):
                     acc = torch.promote_types(vc.dtype, torch.float32)
                     n = torch.arange(1, T + 1, device=vc.device, dtype=acc).view(T, 1)
                     scale = (per_channel(self.gamma).to(acc) / n).to(vc.dtype)   # gamma / i, (T, C)
-                    z = torch.addcmul(z, vc.cumsum(1, dtype=acc).to(vc.dtype), scale, value=-1)
+                    v_acc = vc.to(acc)
+                    sums = CumsumTokens.apply(v_acc) if eager_cpu(v_acc) else v_acc.cumsum(1)
+                    z = torch.addcmul(z, sums.to(vc.dtype), scale, value=-1)
                 beta = self.beta.view(-1, 1).to(vc.dtype)   # (nh, 1)
                 y = torch.addcmul(z.view(B, T, self.n_head, C // self.n_head), y, beta)
         else:
@@ -291,10 +367,16 @@ class MLP(nn.Module):
             # the same function for 0 <= s <= 1 and saves none. Eager, leaky_relu is the faster.
             h = torch.maximum(h, self.slope * h) if torch.compiler.is_compiling() else \
                 F.leaky_relu(h, self.slope)
-            h = self.scale * h
+            # the scale goes onto c_proj's weight (4 C^2 numbers; h has B T 4 C): W (s h) = (s W) h
+            out = F.linear(h, self.scale * self.c_proj.weight, self.c_proj.bias)
         else:
-            h = F.gelu(h) if self.act == 'gelu' else F.relu(h)
-        return F.dropout(self.c_proj(h), self.dropout, self.training)
+            out = self.c_proj(F.gelu(h) if self.act == 'gelu' else F.relu(h))
+        return F.dropout(out, self.dropout, self.training)
+
+class RMSNorm(nn.RMSNorm):
+    """torch's RMSNorm, scale only; its gradient written out on a CPU (above)."""
+    def forward(self, x):
+        return RMSNormGrad.apply(x, self.weight, self.eps) if eager_cpu(x) else super().forward(x)
 
 class DyT(nn.Module):
     """Dynamic tanh (Zhu et al., 2025; sec. 15), a LayerNorm's replacement without statistics:
@@ -308,6 +390,8 @@ class DyT(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_embd)) if bias else None
 
     def forward(self, x):
+        if eager_cpu(x):
+            return DyTGrad.apply(x, self.alpha, self.weight, self.bias)
         y = torch.tanh(self.alpha * x) * self.weight
         return y if self.bias is None else y + self.bias
 
@@ -318,7 +402,7 @@ def make_norm(norm, config, dyt_alpha):
     if norm in ('layernorm', 'postln'):
         return nn.LayerNorm(config.n_embd, bias=config.bias)
     if norm == 'rmsnorm':
-        return nn.RMSNorm(config.n_embd, eps=1e-8)
+        return RMSNorm(config.n_embd, eps=1e-8)
     return DyT(config.n_embd, dyt_alpha, config.bias) if norm == 'dyt' else nn.Identity()
 
 class Block(nn.Module):
@@ -615,8 +699,8 @@ def kernel_table(argv):
     T, B = config.block_size, cfg['batch_size']
     predicted = predict_kernels(config, T)
     measured = measure_kernels(config, T, B, cfg['seed']) if cfg['measure'] else None
-    print(f"{cfg['model']}: attn={config.attn} block={config.block} skip={config.skip} "
-          f"norm={config.norm} "
+    skip = f" skip={config.skip}" if config.block == 'standard' else ''   # SAS: the block's own
+    print(f"{cfg['model']}: attn={config.attn} block={config.block}{skip} norm={config.norm} "
           f"act={config.act} n_layer={config.n_layer} T={T}"
           + (f", measured at width {config.n_embd}, batch {B}" if measured else ""))
     if tat_note(config):

@@ -282,6 +282,51 @@ def test_optimizer_groups_go_by_role_not_by_ndim():
 def _rms_norm(x, weight):   # torch.nn.RMSNorm's definition, eps 1e-8 inside the square root
     return x / (x.pow(2).mean(-1, keepdim=True) + 1e-8).sqrt() * weight
 
+@pytest.mark.parametrize('T', [1, 15, 16, 17, 130])
+def test_blocked_cumsum_equals_cumsum_forward_and_backward(T):
+    """Shaped attention's C V on a CPU: model.CumsumTokens, a blocked scan, is x.cumsum(1) and its
+    gradient the reverse cumulative sum, at lengths on and off the block size, strided input too."""
+    torch.manual_seed(T)
+    qkv = torch.randn(2, T, 3 * 5, dtype=torch.float64, requires_grad=True)
+    x = qkv.split(5, dim=2)[2]   # the values as Attention sees them: a strided view
+    grad_out = torch.randn(2, T, 5, dtype=torch.float64)
+    fast, ref = model.CumsumTokens.apply(x), x.cumsum(1)
+    torch.testing.assert_close(fast, ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(fast, qkv, grad_out)[0],
+                               torch.autograd.grad(ref, qkv, grad_out)[0], atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(model.blocked_cumsum(grad_out, reverse=True),
+                               grad_out.flip(1).cumsum(1).flip(1), atol=1e-12, rtol=1e-12)
+
+@pytest.mark.parametrize('norm', ['rmsnorm', 'dyt', 'dyt-bias'])
+@pytest.mark.parametrize('shape', [(2, 1, 24), (3, 17, 24), 'strided'])
+def test_norms_cpu_gradients_equal_the_definitions_in_float64(norm, shape):
+    """On a CPU the RMSNorm and DyT gradients are written out (model.RMSNormGrad, DyTGrad): they
+    equal autograd through the plain definitions, for x and every gain, and torch's own op."""
+    torch.manual_seed(0)
+    cfg = config_for('preln', n_embd=24, bias=norm == 'dyt-bias')
+    layer = model.make_norm(norm.split('-')[0], cfg, 0.7).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(*((5, 24, 3) if shape == 'strided' else shape), dtype=torch.float64)
+    x = (x.transpose(1, 2) if shape == 'strided' else x).requires_grad_()   # a non-contiguous view
+    if norm == 'rmsnorm':
+        ref, torch_own = _rms_norm(x, layer.weight), torch.nn.RMSNorm.forward(layer, x)
+    else:
+        ref = torch.tanh(layer.alpha * x) * layer.weight
+        ref = ref if layer.bias is None else ref + layer.bias
+        torch_own = ref
+    fast = layer(x)
+    assert type(fast.grad_fn).__name__ == ('RMSNormGradBackward' if norm == 'rmsnorm'
+                                           else 'DyTGradBackward')
+    grad_out = torch.randn_like(fast)
+    inputs = [x] + list(layer.parameters())
+    for other in (ref, torch_own):
+        torch.testing.assert_close(fast, other, atol=1e-12, rtol=1e-12)
+        for a, b in zip(torch.autograd.grad(fast, inputs, grad_out, retain_graph=True),
+                        torch.autograd.grad(other, inputs, grad_out, retain_graph=True)):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
 @pytest.mark.parametrize('name', ['sas', 'sas-p', 'sas-p-nonorm'])
 @pytest.mark.parametrize('T', [1, 20])
 def test_sas_blocks_equal_an_explicit_float64_computation(name, T):
@@ -468,6 +513,10 @@ def test_command_line_help_and_mistakes():
                                        text=True)
     out = run('--help')
     assert out.returncode == 0 and '--measure' in out.stdout and 'gamma_L' in out.stdout
+    # the header names the skip only where the block reads it: SAS blocks have their own
+    header = lambda name: run(f'--model={name}', '--n_layer=2', '--block_size=8').stdout
+    assert 'block=standard skip=False norm=none' in header('vanilla').splitlines()[0]
+    assert 'block=sas norm=rmsnorm' in header('sas').splitlines()[0]
     for args, message in [(['--model=nope'], "unknown model 'nope'"),
                           (['--gama_L=0.1'], "did you mean 'gamma_L'"),
                           (['--measure=yes'], "'measure'.*expects a bool"),
@@ -543,6 +592,25 @@ def test_q_correct_refuses_beyond_its_size_limit():
 # TAT for the network that is built (sec. 6, 8)
 
 TAT_PRESETS = [n for n in PRESETS if PRESETS[n]['act'] == 'tat']
+
+def test_tat_mlp_equals_its_definition_forward_and_backward():
+    """c_proj(scale * leaky_relu(c_fc(x), slope)) (sec. 6), away from init, in float64; the model
+    puts the scale on c_proj's weight, which must change no value and no gradient."""
+    torch.manual_seed(0)
+    mlp = GPT(config_for('espa', n_layer=24, n_embd=16, block_size=8, bias=True)).double().h[1].mlp
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    assert 0 < mlp.slope < 1 and mlp.scale > 1
+    x = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
+    h = torch.nn.functional.leaky_relu(mlp.c_fc(x), mlp.slope)
+    ref = mlp.scale * h @ mlp.c_proj.weight.T + mlp.c_proj.bias
+    fast = mlp(x)
+    torch.testing.assert_close(fast, ref, atol=1e-12, rtol=1e-12)
+    inputs, grad_out = [x] + list(mlp.parameters()), torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(fast, inputs, grad_out),
+                    torch.autograd.grad(ref, inputs, grad_out)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 @pytest.mark.parametrize('name', TAT_PRESETS)
 @pytest.mark.parametrize('n_layer', [1, 2, 4, 24])
