@@ -13,8 +13,10 @@ AdamW) and one forward pass (no_grad) per preset, the order rotated each round, 
 steps with AdamW, so that the rows compare architectures, not optimizers (Muon, the vanilla presets'
 default, costs more per step: README "Training"). ratio_to_preln is the median over rounds of
 preln's step time / the preset's step time in the same round: paired, so slow drifts in machine
-load cancel. preln is added to the run when not asked for. On a CPU, denormal floats are flushed
-to zero, as train.py does: E-SPA's bias makes many, and some CPUs compute them many times slower.
+load cancel. preln is added to the run when not asked for. On a CPU, as train.py does, denormal
+floats are flushed to zero (E-SPA's bias makes many, and some CPUs compute them many times slower)
+and glibc's malloc keeps freed memory (else every step pays page faults, more for some presets than
+others): hardware.tune_cpu.
 
 The reference row, torch-ref, is always in the run: preln's architecture built from torch's own
 nn.TransformerEncoderLayer(norm_first=True, activation='gelu', dim_feedforward=4 n_embd,
@@ -51,7 +53,7 @@ from torch.nn import functional as F
 
 import model as gpt
 from configurator import ConfigError, configure, did_you_mean, format_help, key_comments
-from hardware import device_and_dtype, peak_flops
+from hardware import device_and_dtype, peak_flops, tune_cpu
 from optim import configure_optimizers
 
 DEFAULTS = dict(
@@ -475,10 +477,8 @@ def main(argv):
     except (ConfigError, BenchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    # as train.py: E-SPA's attention weights fall below float32's normal range, where some CPUs
-    # are many times slower; as 0 they change nothing (next to a row's largest weight, >= 1/T).
-    # Only threads started afterwards inherit it, so before any torch work; False where unsupported
-    flushed = device.type == 'cpu' and torch.set_flush_denormal(True)
+    # as train.py: denormals flushed and freed memory kept (hardware.tune_cpu), before torch work
+    cpu_settings = tune_cpu() if device.type == 'cpu' else []
     if cfg['threads']:
         torch.set_num_threads(cfg['threads'])
     if device.type == 'cuda':
@@ -495,12 +495,13 @@ def main(argv):
     peak = cfg['peak_flops'] or peak_flops(device)
     settings = {k: cfg[k] for k in DEFAULTS if k not in ('json', 'models')}
     settings.update(models=names, device=str(device), dtype=dtype, peak_flops=peak,
-                    denormals_flushed=flushed)
+                    denormals_flushed='denormals flushed' in cpu_settings,
+                    freed_memory_kept='freed memory kept' in cpu_settings)
     results = {name: {} for name in names}
     B, T = cfg['batch_size'], cfg['block_size']
     print(f"bench: {', '.join(names)} | n_layer={cfg['n_layer']} n_embd={cfg['n_embd']} "
           f"n_head={cfg['n_head']} T={T} B={B} | {device} {dtype}"
-          f"{' compiled' if cfg['compile'] else ''}{', denormals flushed' if flushed else ''} | "
+          f"{' compiled' if cfg['compile'] else ''}{''.join(', ' + s for s in cpu_settings)} | "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads | {cfg['warmup']} "
           f"warm-up + {cfg['steps']} timed rounds")
     if cfg['steps']:

@@ -1,9 +1,11 @@
 """
-Where a model runs: the device, the dtype and its autocast, and the device's peak FLOP/s for MFU.
-One rule for train.py, sample.py and bench.py.
+Where a model runs: the device, the dtype and its autocast, the settings a CPU run needs, and the
+device's peak FLOP/s for MFU. One rule for train.py, sample.py and bench.py.
 
     device, dtype, autocast = device_and_dtype('auto', 'auto')   # ('cuda', 'bfloat16', ...) on a GPU
 """
+import ctypes
+import platform
 import re
 from contextlib import nullcontext
 
@@ -37,6 +39,28 @@ def device_and_dtype(device='auto', dtype='auto'):
                          "use bfloat16 or float32")
     ptdtype = dict(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)[dtype]
     return device, dtype, nullcontext() if dtype == 'float32' else torch.autocast(kind, dtype=ptdtype)
+
+
+def tune_cpu():
+    """Two process-wide settings for a run on a CPU; neither changes a number. Returns the names of
+    those that took, for the opening line. Call it before any torch work: only threads started
+    afterwards inherit the first.
+      denormals flushed  E-SPA's bias drives attention weights below float32's smallest normal
+                         number (1.2e-38), which some CPUs compute many times slower; as 0 they
+                         change nothing next to a softmax row's largest weight (>= 1/T)
+      freed memory kept  glibc's malloc hands large freed blocks back to the kernel (above a
+                         threshold that starts at 128 KiB and moves with what is freed), so the
+                         next activation of that size arrives as fresh pages, faulted in and zeroed
+                         one by one: thousands of page faults a step, more for some models than
+                         others. Served from the heap up to 32 MiB, with up to 256 MiB of free heap
+                         kept, a step reuses the last step's pages"""
+    done = ['denormals flushed'] if torch.set_flush_denormal(True) else []
+    if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # <malloc.h>
+        libc = ctypes.CDLL(None)
+        if libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20):
+            done.append('freed memory kept')
+    return done
 
 
 PEAK_BF16_FLOPS = {  # dense tensor-core peaks (no sparsity); the first name in the device name wins

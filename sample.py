@@ -17,7 +17,7 @@ import checkpoint
 import data
 from checkpoint import CheckpointError
 from configurator import ConfigError, command_line, configure, format_help
-from hardware import device_and_dtype
+from hardware import device_and_dtype, tune_cpu
 
 DEFAULTS = dict(
     out_dir='out',        # reads out_dir/ckpt.pt ...
@@ -54,6 +54,8 @@ def sample(argv):
         device, dtype, ctx = device_and_dtype(c['device'], c['dtype'])
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if device == 'cpu':
+        tune_cpu()   # as train.py: E-SPA's denormals, glibc's page faults
 
     path = c['ckpt'] or os.path.join(c['out_dir'], 'ckpt.pt')
     ckpt = checkpoint.load(path, hint='Train one first (python train.py) or pass --out_dir / '

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import signal
@@ -542,4 +543,29 @@ def test_training_on_cpu_flushes_denormals_and_the_opening_line_says_so(data_dir
         assert (denormal_product() == 0) == supported
     finally:
         torch.set_flush_denormal(False)
-    assert ('(float32, denormals flushed)' in capsys.readouterr().out) == supported
+    assert ('(float32, denormals flushed' in capsys.readouterr().out) == supported
+
+
+MAPPED_BLOCKS = """
+import ctypes, sys, torch, hardware
+class Info(ctypes.Structure):   # glibc's struct mallinfo2: hblks counts the blocks mmap serves
+    _fields_ = [(n, ctypes.c_size_t) for n in 'arena ordblks smblks hblks hblkhd usmblks fsmblks '
+                'uordblks fordblks keepcost'.split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+settings = hardware.tune_cpu() if sys.argv[1] == 'tuned' else []
+before = libc.mallinfo2().hblks
+x = torch.empty(6 << 20)   # 24 MiB: an activation of a mid-sized run
+print(settings, libc.mallinfo2().hblks - before)
+"""
+
+@pytest.mark.skipif(not (sys.platform == 'linux' and platform.libc_ver()[0] == 'glibc'),
+                    reason='mallopt and mallinfo2 are glibc\'s')
+def test_on_cpu_freed_memory_is_kept_in_the_heap_not_mapped_afresh():
+    """glibc maps a 24 MiB block afresh (page faults on every first touch) until tune_cpu raises
+    its threshold; train.py and bench.py call tune_cpu on a CPU."""
+    run = lambda mode: subprocess.run([sys.executable, '-c', MAPPED_BLOCKS, mode], cwd=HERE,
+                                      capture_output=True, text=True, check=True).stdout.split()
+    assert run('plain')[-1] == '1'
+    tuned = run('tuned')
+    assert "'freed memory kept']" in ' '.join(tuned) and tuned[-1] == '0'

@@ -33,7 +33,7 @@ import data
 import report
 from checkpoint import CheckpointError, RunState
 from configurator import ConfigError, command_line, configure, format_help, key_comments
-from hardware import device_and_dtype
+from hardware import device_and_dtype, tune_cpu
 from model import GPT, GPTConfig, config_for
 from optim import configure_optimizers
 from report import say
@@ -220,11 +220,8 @@ def setup(argv):
     except ValueError as e:
         raise ConfigError(str(e)) from None
     device = f'cuda:{local_rank}' if ddp and device.startswith('cuda') else device
-    # E-SPA's bias drives attention weights below float32's smallest normal number (1.2e-38), and
-    # some CPUs compute such denormals many times slower. Flushing them to 0 loses nothing: a
-    # softmax row's largest weight is at least 1/T, far above them. It reaches only the threads
-    # started after it, so it comes before any torch work; False where the CPU cannot flush.
-    flushed = device == 'cpu' and torch.set_flush_denormal(True)
+    # denormals flushed and freed memory kept (hardware.tune_cpu), before any torch work
+    cpu_settings = tune_cpu() if device == 'cpu' else []
     meta = data.check_dataset(cfg['dataset'], cfg['data_dir'], cfg['block_size'],
                               cfg['vocab_size'] if ckpt is None else None)
     checkpoint.check_tokenizer(ckpt, ckpt_path, meta, cfg['dataset'], cfg['data_dir'])
@@ -274,8 +271,8 @@ def setup(argv):
         checkpoint.clean_out_dir(cfg['out_dir'], cfg['init_from'] == 'scratch' and cfg['overwrite'])
         checkpoint.trim_log(run.log.path, state, resuming=ckpt_path is not None)
         report.opening(cfg, raw_model, meta, state, f'{tokens_per_step:,} tokens/step on '
-                       f'{world_size} x {device} ({dtype}'
-                       + ', denormals flushed' * flushed + ')', ckpt_path, changed)
+                       f'{world_size} x {device} ({", ".join([dtype] + cpu_settings)})',
+                       ckpt_path, changed)
         if wandb:
             run.log.start_wandb(wandb, cfg)
     return run
