@@ -58,7 +58,8 @@ def tune_cpu():
     if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # <malloc.h>
         libc = ctypes.CDLL(None)
-        if libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20):
+        mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)   # bytes
+        if mmap_ok and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20):
             done.append('freed memory kept')
     return done
 

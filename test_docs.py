@@ -314,8 +314,8 @@ def test_every_function_and_test_the_docs_cite_exists():
             if re.fullmatch(r'test_\w+', name) and name not in defined:
                 missing.append(f"{doc}: {cited}")
             module, _, path = cited.partition('.')
-            if module in ('spa', 'model', 'optim', 'hardware', 'GPT', 'Attention') and \
-                    re.fullmatch(r'[\w.]+', path) and not path.endswith('py'):
+            ours = ('spa', 'model', 'optim', 'hardware', 'fastpaths', 'GPT', 'Attention')
+            if module in ours and re.fullmatch(r'[\w.]+', path) and not path.endswith('py'):
                 obj = importlib.import_module('model' if module in ('GPT', 'Attention')
                                               else module)
                 for part in ([module] if module in ('GPT', 'Attention') else []) + \

@@ -18,7 +18,7 @@ CORE = ('spa.py', 'model.py', 'train.py', 'data.py', 'checkpoint.py', 'prepare.p
 
 # Imports point one way, down this list: a file imports only from the rows above its own.
 ORDER = [
-    ('spa', 'configurator', 'data', 'optim', 'hardware'),  # import nothing of the project
+    ('spa', 'configurator', 'data', 'optim', 'hardware', 'fastpaths'),  # import nothing of ours
     ('model', 'prepare'),
     ('checkpoint', 'report'),
     ('train', 'sample', 'bench', 'lesson'),                # the commands
@@ -93,8 +93,10 @@ def test_the_one_way_order():
     """Imports point one way, down ORDER; each file imports only from the rows above its own:
 
         spa  configurator  data  optim  hardware   the math, the settings, the tokens, the
-                                                   optimizers, the machine: nothing of the project
-        model  prepare                             model <- spa, configurator; prepare <- data
+        fastpaths                                  optimizers, the machine, the CPU fast paths:
+                                                   nothing of the project
+        model  prepare                             model <- spa, configurator, fastpaths;
+                                                   prepare <- data
         checkpoint  report                         what a run saves and what it prints
         train  sample  bench  lesson               the commands; none imports another
         study/                                     the study: the modules above but train, and
@@ -108,7 +110,8 @@ def test_the_one_way_order():
         for m in row:
             assert graph[m] <= above, f'{m} imports {sorted(graph[m] - above)}, not above it'
         above |= set(row)
-    assert graph['model'] <= {'spa', 'configurator'}, f"model imports {sorted(graph['model'])}"
+    assert graph['model'] <= {'spa', 'configurator', 'fastpaths'}, \
+        f"model imports {sorted(graph['model'])}"
     assert graph['prepare'] == {'data'}, f"prepare imports {sorted(graph['prepare'])}"
     study = {m for m in graph if m.startswith('study/')}
     for m in study:

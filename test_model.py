@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import fastpaths
 import model
 import optim
 import spa
@@ -284,23 +285,24 @@ def _rms_norm(x, weight):   # torch.nn.RMSNorm's definition, eps 1e-8 inside the
 
 @pytest.mark.parametrize('T', [1, 15, 16, 17, 130])
 def test_blocked_cumsum_equals_cumsum_forward_and_backward(T):
-    """Shaped attention's C V on a CPU: model.CumsumTokens, a blocked scan, is x.cumsum(1) and its
-    gradient the reverse cumulative sum, at lengths on and off the block size, strided input too."""
+    """Shaped attention's C V on a CPU: fastpaths.CumsumTokens, a blocked scan, is x.cumsum(1)
+    and its gradient the reverse cumulative sum, at lengths on and off the block size, strided
+    input too."""
     torch.manual_seed(T)
     qkv = torch.randn(2, T, 3 * 5, dtype=torch.float64, requires_grad=True)
     x = qkv.split(5, dim=2)[2]   # the values as Attention sees them: a strided view
     grad_out = torch.randn(2, T, 5, dtype=torch.float64)
-    fast, ref = model.CumsumTokens.apply(x), x.cumsum(1)
+    fast, ref = fastpaths.CumsumTokens.apply(x), x.cumsum(1)
     torch.testing.assert_close(fast, ref, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(torch.autograd.grad(fast, qkv, grad_out)[0],
                                torch.autograd.grad(ref, qkv, grad_out)[0], atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(model.blocked_cumsum(grad_out, reverse=True),
+    torch.testing.assert_close(fastpaths.blocked_cumsum(grad_out, reverse=True),
                                grad_out.flip(1).cumsum(1).flip(1), atol=1e-12, rtol=1e-12)
 
 @pytest.mark.parametrize('norm', ['rmsnorm', 'dyt', 'dyt-bias'])
 @pytest.mark.parametrize('shape', [(2, 1, 24), (3, 17, 24), 'strided'])
 def test_norms_cpu_gradients_equal_the_definitions_in_float64(norm, shape):
-    """On a CPU the RMSNorm and DyT gradients are written out (model.RMSNormGrad, DyTGrad): they
+    """On a CPU the RMSNorm and DyT gradients are written out (fastpaths.RMSNormGrad, DyTGrad): they
     equal autograd through the plain definitions, for x and every gain, and torch's own op."""
     torch.manual_seed(0)
     cfg = config_for('preln', n_embd=24, bias=norm == 'dyt-bias')
