@@ -11,6 +11,7 @@ to its definition in float64, forward and backward.
     y = DyTGrad.apply(x, alpha, weight, bias) # == weight * tanh(alpha x) + bias
 """
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 eager_cpu = lambda x: x.device.type == 'cpu' and not torch.compiler.is_compiling()
@@ -39,6 +40,7 @@ class CumsumTokens(torch.autograd.Function):
         return blocked_cumsum(x)
 
     @staticmethod
+    @once_differentiable   # a clear error, not a wrong answer, for a second derivative
     def backward(ctx, g):
         return blocked_cumsum(g, reverse=True)
 
@@ -58,6 +60,7 @@ class RMSNormGrad(torch.autograd.Function):
         return x_hat * weight
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         x_hat, weight, r = ctx.saved_tensors
         g_y = g * weight
@@ -74,6 +77,7 @@ class DyTGrad(torch.autograd.Function):
         return t * weight if bias is None else torch.addcmul(bias, t, weight)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         x, alpha, weight, t = ctx.saved_tensors
         d = g * weight
