@@ -301,9 +301,11 @@ class MLP(nn.Module):
         return F.dropout(out, self.dropout, self.training)
 
 class RMSNorm(nn.RMSNorm):
-    """torch's RMSNorm, scale only; its gradient written out on a CPU (above)."""
+    """torch's RMSNorm, scale only; on a CPU its gradient written out (fastpaths.RMSNormGrad)."""
     def forward(self, x):
-        return RMSNormGrad.apply(x, self.weight, self.eps) if eager_cpu(x) else super().forward(x)
+        if eager_cpu(x) and x.dtype == self.weight.dtype:   # mixed dtypes (autocast): torch's
+            return RMSNormGrad.apply(x, self.weight, self.eps)
+        return super().forward(x)
 
 class DyT(nn.Module):
     """Dynamic tanh (Zhu et al., 2025; sec. 15), a LayerNorm's replacement without statistics:
@@ -317,7 +319,7 @@ class DyT(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_embd)) if bias else None
 
     def forward(self, x):
-        if eager_cpu(x):
+        if eager_cpu(x) and x.dtype == self.weight.dtype:
             return DyTGrad.apply(x, self.alpha, self.weight, self.bias)
         y = torch.tanh(self.alpha * x) * self.weight
         return y if self.bias is None else y + self.bias

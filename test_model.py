@@ -329,6 +329,15 @@ def test_norms_cpu_gradients_equal_the_definitions_in_float64(norm, shape):
                         torch.autograd.grad(other, inputs, grad_out, retain_graph=True)):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
+@pytest.mark.parametrize('norm', ['rmsnorm', 'dyt'])
+def test_norms_leave_mixed_dtypes_to_torch(norm):
+    """Under autocast a bfloat16 activation meets a float32 weight: torch's own op decides the
+    precision there, so the CPU fast path steps aside."""
+    layer = model.make_norm(norm, config_for('preln', n_embd=24), 0.7)
+    x = torch.randn(2, 3, 24, requires_grad=True)
+    assert type(layer(x).grad_fn).__name__.endswith('GradBackward')
+    assert not type(layer(x.bfloat16()).grad_fn).__name__.endswith('GradBackward')
+
 @pytest.mark.parametrize('name', ['sas', 'sas-p', 'sas-p-nonorm'])
 @pytest.mark.parametrize('T', [1, 20])
 def test_sas_blocks_equal_an_explicit_float64_computation(name, T):
