@@ -53,6 +53,7 @@ class RMSNormGrad(torch.autograd.Function):
     dL/dx = r (g_y - x_hat mean_c(g_y x_hat)); dL/dw = the sum over tokens of g x_hat."""
     @staticmethod
     def forward(ctx, x, weight, eps):
+        # the norm reads x once and writes only (..., 1); x.pow(2) would write a copy of x
         r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.size(-1))
         r = r.add_(eps).rsqrt_()   # (..., 1)
         x_hat = x * r

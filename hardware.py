@@ -57,9 +57,8 @@ def tune_cpu():
     done = ['denormals flushed'] if torch.set_flush_denormal(True) else []
     if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # <malloc.h>
-        libc = ctypes.CDLL(None)
-        mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)   # bytes
-        if mmap_ok and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20):
+        mallopt = ctypes.CDLL(None).mallopt   # 1 where it took
+        if mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, 256 << 20):
             done.append('freed memory kept')
     return done
 
